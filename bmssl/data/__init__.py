@@ -3,9 +3,11 @@
 from bmssl.data.base import (
     FileImageDataset,
     ImageDataset,
+    PILImageDataset,
     SubsetByClass,
     TensorImageDataset,
     load_images,
+    preload_images,
 )
 from bmssl.data.registry import get_dataset, list_datasets, register_dataset, require_root
 from bmssl.data.views import STRENGTHS, SSLViews, ssl_transform
@@ -13,6 +15,7 @@ from bmssl.data.views import STRENGTHS, SSLViews, ssl_transform
 __all__ = [
     "FileImageDataset",
     "ImageDataset",
+    "PILImageDataset",
     "STRENGTHS",
     "SSLViews",
     "SubsetByClass",
@@ -20,6 +23,7 @@ __all__ = [
     "get_dataset",
     "list_datasets",
     "load_images",
+    "preload_images",
     "register_dataset",
     "require_root",
     "ssl_transform",

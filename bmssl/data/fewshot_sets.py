@@ -1,0 +1,276 @@
+"""The few-shot benchmarks, read from a local root: Omniglot, miniImageNet and CIFAR-FS.
+
+Nothing is downloaded here; a missing or incomplete root raises :class:`DataNotFoundError` with
+the path tried and how to get the data. Class splits:
+
+- ``omniglot``: the 1,623 characters in torchvision's order (background alphabets, then evaluation
+  alphabets, each sorted by name), cut into 1,100 train / 100 val / 423 test characters — the
+  sizes of the unsupervised meta-learning papers (CACTUs, UMTRA), no rotated copies.
+- ``miniimagenet``: the 64 / 16 / 20 classes of Ravi & Larochelle (2017), ``splits/miniimagenet_*.txt``.
+- ``cifarfs``: the 64 / 16 / 20 CIFAR-100 classes of Bertinetto et al. (2019), ``splits/cifarfs_*.txt``.
+
+The ``supervised`` protocol keeps every class and divides each class's images 70/10/20 (seeded).
+"""
+
+from __future__ import annotations
+
+import pickle
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from bmssl.data.base import (
+    FileImageDataset,
+    ImageDataset,
+    SubsetByClass,
+    TensorImageDataset,
+    preload_images,
+)
+from bmssl.data.folders import (
+    LabelledSource,
+    find_split_folders,
+    finish,
+    is_saved_hf_dataset,
+    list_images,
+    read_image_tree,
+    read_saved_hf,
+    scan_class_folders,
+    visible_entries,
+)
+from bmssl.data.registry import SPLITS, register_dataset, require_root, split_dataset
+from bmssl.errors import DataNotFoundError, UserError
+
+OMNIGLOT_SPLIT_SIZES = (1100, 100, 423)
+
+
+def split_classes(name: str, split: str) -> list[str]:
+    """Class names of one split from ``bmssl/data/splits/<name>_<split>.txt`` (``#`` lines are comments)."""
+    text = resources.files("bmssl.data").joinpath("splits", f"{name}_{split}.txt").read_text()
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def select_classes(
+    full: ImageDataset, wanted: list[str], dataset: str, where: str
+) -> SubsetByClass:
+    """The items of ``full`` whose class is in ``wanted``, labelled in ``wanted``'s order."""
+    index = {c: i for i, c in enumerate(full.classes)}
+    missing = [c for c in wanted if c not in index]
+    if missing:
+        shown = ", ".join(missing[:5]) + (
+            f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        )
+        raise DataNotFoundError(
+            f"dataset {dataset!r} at {where!r} lacks {len(missing)} of the {len(wanted)} classes needed: {shown}"
+        )
+    return SubsetByClass(full, [index[c] for c in wanted])
+
+
+def _split_by_lists(
+    full: ImageDataset, name: str, split: str, protocol: str, where: str
+) -> ImageDataset:
+    """Few-shot: the split's listed classes; supervised: all listed classes, images divided."""
+    if protocol == "fewshot":
+        return select_classes(full, split_classes(name, split), name, where)
+    every = [c for s in SPLITS for c in split_classes(name, s)]
+    return split_dataset(select_classes(full, every, name, where), split, protocol)
+
+
+# ----------------------------------------------------------------------------------------- Omniglot
+
+OMNIGLOT_HELP = (
+    "Get it once on a machine with internet: torchvision.datasets.Omniglot(ROOT, background=True, download=True) "
+    "and the same with background=False; then pass root=ROOT (it holds omniglot-py/images_background and "
+    "omniglot-py/images_evaluation, unzipped from github.com/brendenlake/omniglot)."
+)
+
+
+def _omniglot_folder(root: Path) -> Path:
+    base = root if (root / "images_background").is_dir() else root / "omniglot-py"
+    for part in ("images_background", "images_evaluation"):
+        if not (base / part).is_dir():
+            raise DataNotFoundError(
+                f"dataset 'omniglot' not found at {str(base / part)!r}. {OMNIGLOT_HELP}"
+            )
+    return base
+
+
+@lru_cache(maxsize=2)
+def _omniglot_full(base: Path, image_size: int, invert: bool) -> TensorImageDataset:
+    paths: list[Path] = []
+    targets: list[int] = []
+    classes: list[str] = []
+    for part in ("images_background", "images_evaluation"):
+        for alphabet in (p for p in visible_entries(base / part) if p.is_dir()):
+            for character in (p for p in visible_entries(alphabet) if p.is_dir()):
+                files = list_images(character)
+                if not files:
+                    raise DataNotFoundError(
+                        f"dataset 'omniglot': no images in {str(character)!r}. {OMNIGLOT_HELP}"
+                    )
+                paths += files
+                targets += [len(classes)] * len(files)
+                classes.append(f"{alphabet.name}/{character.name}")
+    full = preload_images(
+        FileImageDataset(paths, targets, classes, image_size=image_size, channels=1)
+    )
+    if invert:
+        full.images = 255 - full.images
+    return full
+
+
+@register_dataset("omniglot", OMNIGLOT_HELP)
+def omniglot(
+    root: Path | None,
+    split: str,
+    protocol: str,
+    image_size: int = 28,
+    invert: bool = True,
+    split_sizes: tuple[int, int, int] = OMNIGLOT_SPLIT_SIZES,
+    **_: Any,
+) -> ImageDataset:
+    """Omniglot characters (1 channel, ``image_size``², held in memory).
+
+    ``invert`` (default) draws strokes bright on a black ground, as ``glyphs`` and ``digits`` do, so
+    zero padding matches the background.
+    """
+    base = _omniglot_folder(require_root("omniglot", root))
+    full = _omniglot_full(base.resolve(), image_size, invert)
+    if protocol == "supervised":
+        return split_dataset(full, split, protocol)
+    if sum(split_sizes) != full.num_classes:
+        raise DataNotFoundError(
+            f"dataset 'omniglot' at {str(base)!r} has {full.num_classes} characters but its split needs "
+            f"{sum(split_sizes)} ({'/'.join(map(str, split_sizes))}); is the download complete? {OMNIGLOT_HELP}"
+        )
+    n_train, n_val = split_sizes[0], split_sizes[1]
+    lo, hi = {
+        "train": (0, n_train),
+        "val": (n_train, n_train + n_val),
+        "test": (n_train + n_val, full.num_classes),
+    }[split]
+    return SubsetByClass(full, list(range(lo, hi)))
+
+
+# ------------------------------------------------------------------------------------- miniImageNet
+
+MINIIMAGENET_HELP = (
+    "miniImageNet (100 ImageNet classes x 600 images) has no torchvision downloader: put it at ROOT as "
+    "<wnid>/<image> folders, as train/ val/ test/ folders of those, as images/ with the train.csv, val.csv "
+    "and test.csv of Ravi & Larochelle (columns filename,label), or as a Hugging Face dataset saved with "
+    "save_to_disk(ROOT) whose label names are the WordNet ids; then pass root=ROOT."
+)
+
+
+def _read_ravi_csv(root: Path, image_size: int) -> LabelledSource:
+    paths: list[Path] = []
+    names: list[str] = []
+    for split in SPLITS:
+        csv = root / f"{split}.csv"
+        if not csv.is_file():
+            continue
+        for line in csv.read_text().splitlines()[1:]:
+            if line.strip():
+                filename, label = line.strip().split(",")[:2]
+                paths.append(root / "images" / filename)
+                names.append(label)
+    classes = sorted(set(names))
+    index = {c: i for i, c in enumerate(classes)}
+    missing = [p for p in paths[:: max(1, len(paths) // 20)] if not p.is_file()]  # spot-check a few
+    if missing:
+        raise DataNotFoundError(
+            f"dataset 'miniimagenet': {str(missing[0])!r} is listed but missing. {MINIIMAGENET_HELP}"
+        )
+    dataset = FileImageDataset(
+        paths, [index[n] for n in names], classes, image_size=image_size, channels=3
+    )
+    return LabelledSource(dataset, None, str(root))
+
+
+def _miniimagenet_source(root: Path, image_size: int) -> LabelledSource:
+    if is_saved_hf_dataset(root):
+        return read_saved_hf(root, image_size, channels=3)
+    if (root / "images").is_dir() and any((root / f"{s}.csv").is_file() for s in SPLITS):
+        return _read_ravi_csv(root, image_size)
+    if find_split_folders(root) or scan_class_folders(root):
+        return read_image_tree(root, image_size, channels=3)
+    raise DataNotFoundError(
+        f"dataset 'miniimagenet' not found at {str(root)!r}: no layout recognised. {MINIIMAGENET_HELP}"
+    )
+
+
+@register_dataset("miniimagenet", MINIIMAGENET_HELP)
+def miniimagenet(
+    root: Path | None,
+    split: str,
+    protocol: str,
+    image_size: int = 84,
+    preload: bool = False,
+    **_: Any,
+) -> ImageDataset:
+    """miniImageNet with the Ravi & Larochelle class split (3 channels, ``image_size``², 84 by default).
+
+    Images are decoded on demand; ``preload=True`` holds the split in memory (about 1 GB for the
+    64 train classes at 84²) for fast episodes. Split folders of the root are pooled: the class
+    lists decide the split.
+    """
+    root = require_root("miniimagenet", root)
+    source = _miniimagenet_source(root, image_size)
+    return finish(
+        _split_by_lists(source.dataset, "miniimagenet", split, protocol, str(root)), preload
+    )
+
+
+# ----------------------------------------------------------------------------------------- CIFAR-FS
+
+CIFARFS_HELP = (
+    "CIFAR-FS is built from CIFAR-100: run torchvision.datasets.CIFAR100(ROOT, download=True) once on a "
+    "machine with internet, then pass root=ROOT (it holds cifar-100-python/)."
+)
+
+
+def _unpickle(path: Path) -> dict[str, Any]:
+    with open(path, "rb") as f:
+        return pickle.load(f, encoding="latin1")
+
+
+@lru_cache(maxsize=2)
+def _cifar100_full(base: Path, image_size: int) -> TensorImageDataset:
+    meta = _unpickle(base / "meta")
+    chunks, targets = [], []
+    for part in ("train", "test"):
+        entry = _unpickle(base / part)
+        chunks.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        targets += list(entry["fine_labels"])
+    images = torch.from_numpy(np.concatenate(chunks))
+    if image_size != 32:
+        resized = F.interpolate(
+            images.float(), size=(image_size, image_size), mode="bilinear", antialias=True
+        )
+        images = resized.round_().clamp_(0, 255).to(torch.uint8)
+    return TensorImageDataset(images, targets, meta["fine_label_names"])
+
+
+@register_dataset("cifarfs", CIFARFS_HELP)
+def cifarfs(
+    root: Path | None, split: str, protocol: str, image_size: int = 32, **_: Any
+) -> ImageDataset:
+    """CIFAR-FS: all 60,000 CIFAR-100 images pooled, split by class (3 channels, held in memory)."""
+    root = require_root("cifarfs", root)
+    base = root if (root / "meta").is_file() else root / "cifar-100-python"
+    for name in ("meta", "train", "test"):
+        if not (base / name).is_file():
+            raise DataNotFoundError(
+                f"dataset 'cifarfs' not found at {str(base / name)!r}. {CIFARFS_HELP}"
+            )
+    try:
+        full = _cifar100_full(base.resolve(), image_size)
+    except (pickle.UnpicklingError, KeyError, EOFError, ValueError) as err:
+        raise UserError(
+            f"dataset 'cifarfs': {str(base)!r} does not hold CIFAR-100's python files ({err!r})"
+        ) from None
+    return _split_by_lists(full, "cifarfs", split, protocol, str(base))

@@ -1,0 +1,1 @@
+"""Scripts that rebuild the papers' results tables with one command."""

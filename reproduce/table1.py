@@ -1,0 +1,264 @@
+"""Rebuild Table 1 (unsupervised few-shot classification) with one command.
+
+    python reproduce/table1.py                    # CPU profile: offline data, a few minutes
+    python reproduce/table1.py --profile paper --data-root omniglot=~/data/omniglot \\
+        --data-root miniimagenet=~/data/miniimagenet
+
+Rows are the methods this harness implements; columns are ``<dataset> <N>w<K>s`` cells, each
+``mean ± 95% CI`` over evaluation episodes on held-out classes. Trained models and finished
+cells are cached under ``results/table1/<profile>/`` so a rerun (or a killed run) picks up where
+it stopped. Published numbers of other methods appear only in the paper profile, with a source.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import yaml
+
+from bmssl.config import config_from_dict, load_config
+from bmssl.data import get_dataset
+from bmssl.errors import UserError, cli_entry
+from bmssl.evaluate import CLASSIFIERS, check_episode_shape, evaluate_fewshot
+from reproduce.tables import CellCache, Table, format_mean_ci, parse_key_values
+
+HERE = Path(__file__).resolve().parent
+CONFIGS = HERE / "configs"
+CELL = re.compile(r"^(\d+)w(\d+)s$")
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A table row: its label, how to build its config and trainer, and fixed overrides."""
+
+    label: str
+    kind: str  # "untrained" | "simclr" | "protonet" | "bmssl"
+    fixed: dict[str, Any] = field(default_factory=dict)
+    base_yaml: str | None = None  # per-profile base config, e.g. "bmssl_{profile}.yaml"
+
+
+METHODS: dict[str, MethodSpec] = {
+    "random": MethodSpec("Random init", "untrained"),
+    "simclr": MethodSpec("SimCLR", "simclr"),
+    "protonet": MethodSpec("ProtoNet (supervised, upper bound)", "protonet"),
+    "bmssl": MethodSpec("BMSSL (δ > 0)", "bmssl", base_yaml="bmssl_{profile}.yaml"),
+    "meta-ssl": MethodSpec(
+        "Meta-SSL, no bootstrap (δ = 0)", "bmssl", {"bootstrap_steps": 0}, "bmssl_{profile}.yaml"
+    ),
+    "bmssl-fo": MethodSpec("BMSSL first-order", "bmssl", {"first_order": True}, "bmssl_{profile}.yaml"),
+}
+
+
+def trainer_classes(kind: str) -> tuple[type, type]:
+    """(config class, trainer class) of a method kind; imported lazily."""
+    if kind == "simclr":
+        from bmssl.baselines import SimCLRConfig, SimCLRTrainer
+
+        return SimCLRConfig, SimCLRTrainer
+    if kind == "protonet":
+        from bmssl.baselines import ProtoNetConfig, ProtoNetTrainer
+
+        return ProtoNetConfig, ProtoNetTrainer
+    if kind in ("bmssl", "untrained"):
+        if kind == "untrained":
+            from bmssl.baselines import SimCLRConfig
+
+            return SimCLRConfig, type(None)
+        from bmssl.meta import BMSSLConfig, BMSSLTrainer
+
+        return BMSSLConfig, BMSSLTrainer
+    raise ValueError(kind)
+
+
+@dataclass
+class Profile:
+    name: str
+    episodes: int
+    n_query: int
+    classifier: str
+    seed: int
+    methods: list[str]
+    model: dict[str, Any]
+    datasets: dict[str, dict[str, Any]]
+    method_overrides: dict[str, dict[str, Any]]
+
+    def cells(self, dataset: str) -> list[tuple[int, int]]:
+        out = []
+        for cell in self.datasets[dataset].get("cells", []):
+            match = CELL.match(str(cell))
+            if not match:
+                raise UserError(f"cell {cell!r} of {dataset} is not of the form <N>w<K>s (e.g. 5w1s)")
+            out.append((int(match[1]), int(match[2])))
+        return out
+
+
+def load_profile(name_or_path: str) -> Profile:
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = CONFIGS / f"table1_{name_or_path}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem.removeprefix("table1_") for p in CONFIGS.glob("table1_*.yaml"))
+        raise UserError(f"unknown profile {name_or_path!r}; choose one of {', '.join(known)} or pass a YAML path")
+    raw = yaml.safe_load(path.read_text()) or {}
+    return Profile(
+        name=str(raw.get("profile", path.stem)),
+        episodes=int(raw.get("episodes", 2000)),
+        n_query=int(raw.get("n_query", 15)),
+        classifier=str(raw.get("classifier", "proto")),
+        seed=int(raw.get("seed", 0)),
+        methods=list(raw.get("methods", list(METHODS))),
+        model=dict(raw.get("model", {})),
+        datasets=dict(raw.get("datasets", {})),
+        method_overrides=dict(raw.get("method_overrides", {}) or {}),
+    )
+
+
+def method_config(profile: Profile, method: str, dataset: str, data_root: str | None) -> Any:
+    """Config of ``method`` trained on ``dataset``: defaults < base YAML < profile < fixed."""
+    spec = METHODS[method]
+    config_cls, _ = trainer_classes(spec.kind)
+    base = None
+    if spec.base_yaml:
+        candidate = CONFIGS / spec.base_yaml.format(profile=profile.name)
+        if candidate.is_file():
+            base = load_config(config_cls, candidate)
+    known = {f.name for f in dataclasses.fields(config_cls)}
+    values: dict[str, Any] = {k: v for k, v in profile.model.items() if k in known}
+    values.update(profile.method_overrides.get(method, {}) or {})
+    ds = {k: v for k, v in profile.datasets[dataset].items() if k != "cells" and k in known}
+    values.update(ds)
+    values.update(dataset=dataset, data_root=data_root, seed=profile.seed)
+    values.update(spec.fixed)
+    return config_from_dict(config_cls, values, base=base)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", default="cpu", help="cpu (default), paper, or a path to a profile YAML")
+    parser.add_argument("--methods", default=None, help=f"comma-separated subset of: {', '.join(METHODS)}")
+    parser.add_argument("--datasets", default=None, help="comma-separated subset of the profile's datasets")
+    parser.add_argument("--data-root", action="append", default=[], metavar="NAME=PATH", help="local root of a dataset")
+    parser.add_argument("--episodes", type=int, default=None, help="evaluation episodes per cell")
+    parser.add_argument("--classifier", default=None, choices=CLASSIFIERS)
+    parser.add_argument("--out", default="results/table1", help="output folder (default results/table1)")
+    parser.add_argument("--fresh", action="store_true", help="ignore cached cells and trained models")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser.parse_args(argv)
+
+
+def plan(args: argparse.Namespace) -> tuple[Profile, list[str], list[str], dict[str, str]]:
+    """Validate every name and number before anything is trained or written."""
+    profile = load_profile(args.profile)
+    if args.episodes is not None:
+        if args.episodes < 1:
+            raise UserError(f"--episodes must be at least 1, got {args.episodes}")
+        profile.episodes = args.episodes
+    if args.classifier:
+        profile.classifier = args.classifier
+    methods = args.methods.split(",") if args.methods else profile.methods
+    for m in methods:
+        if m not in METHODS:
+            raise UserError(f"unknown method {m!r}; choose from {', '.join(METHODS)}")
+    datasets = args.datasets.split(",") if args.datasets else list(profile.datasets)
+    for d in datasets:
+        if d not in profile.datasets:
+            raise UserError(f"dataset {d!r} is not in the {profile.name} profile; choose from {', '.join(profile.datasets)}")
+    roots = parse_key_values(args.data_root, "--data-root")
+    for d in datasets:
+        test = get_dataset(d, roots.get(d), split="test", image_size=profile.datasets[d].get("image_size", 28))
+        for n_way, k_shot in profile.cells(d):
+            check_episode_shape(test, n_way, k_shot, profile.n_query)
+        for m in methods:
+            method_config(profile, m, d, roots.get(d))  # raises on a bad option before any training
+    return profile, methods, datasets, roots
+
+
+def train_or_load(method: str, config: Any, run_dir: Path, fresh: bool, progress: bool) -> Any:
+    """The trained backbone of ``method`` (resuming or reusing ``run_dir``'s checkpoint)."""
+    spec = METHODS[method]
+    if spec.kind == "untrained":
+        from bmssl.baselines import random_init_encoder
+
+        return random_init_encoder(config).backbone
+    _, trainer_cls = trainer_classes(spec.kind)
+    if fresh and run_dir.exists():
+        import shutil
+
+        shutil.rmtree(run_dir)
+    trainer = trainer_cls(config, out_dir=run_dir, progress=progress)
+    trainer.fit()
+    return trainer.encoder.backbone
+
+
+def references(profile: Profile, datasets: list[str]) -> list[dict[str, Any]]:
+    """Published rows whose cells are in this table (paper-style profiles only)."""
+    path = HERE / "references" / "table1.yaml"
+    rows = yaml.safe_load(path.read_text()) or []
+    columns = {column_name(d, n, k) for d in datasets for n, k in profile.cells(d)}
+    return [r for r in rows if set(r["cells"]) & columns]
+
+
+def column_name(dataset: str, n_way: int, k_shot: int) -> str:
+    return f"{dataset} {n_way}w{k_shot}s"
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> Table:
+    args = parse_args(argv)
+    started = time.perf_counter()
+    profile, methods, datasets, roots = plan(args)
+    out = Path(args.out) / profile.name
+    cache = CellCache(out)
+    progress = not args.quiet
+    columns = [column_name(d, n, k) for d in datasets for n, k in profile.cells(d)]
+    table = Table(f"Table 1 ({profile.name} profile): {profile.classifier} classifier, accuracy % ± 95% CI, {profile.episodes} episodes", columns)
+
+    from tqdm.auto import tqdm
+
+    jobs = [(m, d) for m in methods for d in datasets]
+    bar = tqdm(jobs, desc="table1", disable=not progress, dynamic_ncols=True)
+    for method, dataset in bar:
+        bar.set_postfix_str(f"{method} on {dataset}")
+        label = METHODS[method].label
+        cells = profile.cells(dataset)
+        todo = [(n, k) for n, k in cells if args.fresh or cache.get(method, column_name(dataset, n, k)) is None]
+        if todo:
+            config = method_config(profile, method, dataset, roots.get(dataset))
+            backbone = train_or_load(method, config, out / "runs" / method / dataset, args.fresh, progress)
+            test = get_dataset(dataset, roots.get(dataset), split="test", image_size=config.image_size)
+            for n_way, k_shot in todo:
+                result = evaluate_fewshot(
+                    backbone, test, n_way, k_shot, profile.n_query, profile.episodes, profile.classifier, seed=profile.seed
+                )
+                cache.put(method, column_name(dataset, n_way, k_shot), {**result.as_dict(), "method": method, "dataset": dataset})
+        for n_way, k_shot in cells:
+            col = column_name(dataset, n_way, k_shot)
+            cell = cache.get(method, col)
+            assert cell is not None
+            table.set(label, col, format_mean_ci(cell["mean"], cell["ci95"]), raw=cell)
+        table.notes.setdefault(label, "this harness")
+    for ref in references(profile, datasets) if profile.name != "cpu" else []:
+        for col, value in ref["cells"].items():
+            if col in columns:
+                table.set(ref["method"], col, f"{value:.2f}")
+        table.notes[ref["method"]] = ref["source"]
+
+    elapsed = time.perf_counter() - started
+    table.write(out, "table1", meta={"profile": profile.name, "episodes": profile.episodes, "wall_time_s": elapsed})
+    print(table.markdown())
+    print(f"wrote {out / 'table1.md'}, .csv, .json in {elapsed:.0f} s", file=sys.stderr)
+    return table
+
+
+if __name__ == "__main__":
+    main()
