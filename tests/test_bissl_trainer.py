@@ -1,0 +1,252 @@
+"""BiSSLConfig (presets, validation) and BiSSLTrainer: the alternation, the upper update, the
+adaptation rule, exact resume, and data parallelism on 2 CPU processes (gloo)."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from bissl.hypergrad import CGSettings, flatten, unflatten, upper_gradients
+from bissl.objectives import pretext_loss_of_backbone
+from bissl.trainer import PRESETS, BiSSLConfig, BiSSLTrainer
+from bmssl.config import load_config
+from bmssl.errors import UserError
+
+TINY = {
+    "image_size": 16,
+    "width": 4,
+    "proj_hidden": 16,
+    "proj_dim": 8,
+    "alternations": 3,
+    "lower_steps": 2,
+    "upper_steps": 2,
+    "batch_size": 16,
+    "lower_batch_size": 16,
+    "head_warmup_steps": 5,
+    "cg_iters": 3,
+    "eval_every": 2,
+    "eval_batch_size": 256,
+}
+
+
+def tiny(**overrides) -> BiSSLConfig:
+    return BiSSLConfig(**{**TINY, **overrides})
+
+
+def test_presets_resolve_and_explicit_values_win() -> None:
+    v1 = BiSSLConfig()
+    assert (v1.gamma, v1.adapt_every, v1.adapt_alpha) == (0.01, 100, 0.1)
+    v2 = BiSSLConfig.from_preset("paper-v2")
+    assert (v2.gamma, v2.adapt_every) == (1.0, 0)
+    loaded = load_config(BiSSLConfig, None, ["preset=paper-v2", "gamma=0.5"])
+    assert loaded.gamma == 0.5 and loaded.adapt_every == 0
+    assert set(PRESETS) == {"paper-v1", "paper-v2"}
+    assert (v1.lam, v1.lam_damp, v1.cg_iters, v1.temperature, v1.clip) == (0.001, 10.0, 5, 0.5, 10.0)
+    opts = load_config(BiSSLConfig, None, ["dataset_options={num_classes: 20, per_class: 60}"])
+    assert opts.dataset_options == {"num_classes": 20, "per_class": 60}
+
+
+@pytest.mark.parametrize(
+    ("override", "match"),
+    [
+        ("cg_mode=diagonal", "cg_mode"),
+        ("lam=-1", "lam"),
+        ("preset=paper-v3", "preset"),
+        ("adapt_alpha=2", "adapt_alpha"),
+        ("cg_iters=0", "cg_iters"),
+        ("hvp_backend=jax", "hvp_backend"),
+        ("init_from=/nonexistent/pretext.pt", "init_from"),
+    ],
+)
+def test_validate_names_the_bad_value(override: str, match: str) -> None:
+    with pytest.raises(UserError, match=match):
+        load_config(BiSSLConfig, None, [override])
+
+
+def test_fit_reports_val_acc_and_moves_both_levels() -> None:
+    trainer = BiSSLTrainer(tiny(), progress=False)
+    theta_p0 = flatten([p.detach().clone() for p in trainer.encoder_p.backbone.parameters()])
+    theta_d0 = flatten([p.detach().clone() for p in trainer.model_d.backbone.parameters()])
+    torch.testing.assert_close(theta_p0, theta_d0)  # both levels start from the pretext backbone
+    metrics = trainer.fit()
+    assert metrics["step"] == 3.0 and 0.0 <= metrics["val_acc"] <= 100.0
+    assert {"val_top1", "val_top5", "val_acc_d", "pretext_loss", "upper_loss", "cg_rel_residual"} <= set(metrics)
+    assert not torch.equal(theta_p0, flatten(list(trainer.encoder_p.backbone.parameters())).detach())
+    assert not torch.equal(theta_d0, flatten(list(trainer.model_d.backbone.parameters())).detach())
+    assert [h["step"] for h in trainer.history] == [2.0, 3.0]
+
+
+def test_upper_step_applies_the_implicit_gradient_with_sgd() -> None:
+    cfg = tiny(upper_lr=0.05, clip=1e6, gamma=0.3, cg_iters=4)
+    trainer = BiSSLTrainer(cfg, progress=False)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(8, 1, 16, 16, generator=gen)
+    y = torch.randint(0, 10, (8,), generator=gen)
+    x1, x2 = torch.rand(8, 1, 16, 16, generator=gen), torch.rand(8, 1, 16, 16, generator=gen)
+    enc, model_d = copy.deepcopy(trainer.encoder_p), copy.deepcopy(trainer.model_d)
+    expected = upper_gradients(
+        enc, model_d, x, y, x1, x2, lam=cfg.lam, lam_damp=cfg.lam_damp, gamma=0.3,
+        settings=CGSettings(maxiter=4, rtol=cfg.cg_rtol),
+    )  # fmt: skip
+    before = [p.detach().clone() for p in trainer.model_d.parameters()]
+    theta_p = [p.detach().clone() for p in trainer.encoder_p.parameters()]
+    trainer.upper_step(x, y, x1, x2)
+    grads = list(expected.backbone) + list(expected.head)
+    for p0, g, p in zip(before, grads, trainer.model_d.parameters()):
+        torch.testing.assert_close(p.detach(), p0 - 0.05 * g, rtol=1e-5, atol=1e-6)
+    for p0, p in zip(theta_p, trainer.encoder_p.parameters()):
+        assert torch.equal(p0, p.detach())  # the upper step never moves θ_P
+
+
+def test_backbone_adaptation_rule() -> None:
+    trainer = BiSSLTrainer(tiny(adapt_alpha=0.25), progress=False)
+    with torch.no_grad():
+        for p in trainer.encoder_p.backbone.parameters():
+            p.add_(1.0)
+    d0 = [p.detach().clone() for p in trainer.model_d.backbone.parameters()]
+    p0 = [p.detach().clone() for p in trainer.encoder_p.backbone.parameters()]
+    trainer.adapt()
+    for d, a, b in zip(trainer.model_d.backbone.parameters(), d0, p0):
+        torch.testing.assert_close(d.detach(), 0.75 * a + 0.25 * b)
+
+
+def test_adaptation_happens_every_n_a_alternations(monkeypatch) -> None:
+    trainer = BiSSLTrainer(tiny(adapt_every=2, lower_steps=0, upper_steps=1), progress=False)
+    calls = []
+    monkeypatch.setattr(trainer, "adapt", lambda: calls.append(trainer.step))
+    for step in range(5):
+        trainer.train_step(step)
+        trainer.step += 1
+    assert calls == [1, 3]
+
+
+def test_resume_reproduces_an_uninterrupted_run(tmp_path: Path) -> None:
+    cfg = tiny(alternations=4, eval_every=2, cg_warm_start=True)
+    straight = BiSSLTrainer(cfg, tmp_path / "a", progress=False)
+    straight.fit()
+    first = BiSSLTrainer(cfg, tmp_path / "b", progress=False)
+    first.fit(max_steps=2)
+    resumed = BiSSLTrainer(cfg, tmp_path / "b", progress=False)
+    resumed.fit()
+    assert resumed.step == 4
+    for a, b in zip(straight.state_dict()["model_d"].values(), resumed.state_dict()["model_d"].values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    for a, b in zip(straight.encoder_p.state_dict().values(), resumed.encoder_p.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_multilabel_downstream_set_uses_bce_and_map(monkeypatch) -> None:
+    """A multi-label view of digits (label and label+1 mod 10 both positive)."""
+    import bissl.trainer as trainer_mod
+    from bissl.data import load_downstream
+
+    class MultiLabel(torch.utils.data.Dataset):
+        multilabel = True
+
+        def __init__(self, base):
+            self.base, self.classes, self.image_shape = base, base.classes, base.image_shape
+            self.label_matrix = torch.zeros(len(base), 10)
+            for i, t in enumerate(base.targets):
+                self.label_matrix[i, [t, (t + 1) % 10]] = 1
+
+        def __len__(self):
+            return len(self.base)
+
+        def __getitem__(self, i):
+            return self.base[i][0], self.label_matrix[i]
+
+        def get_batch(self, idx):
+            return self.base.get_batch(idx)
+
+    monkeypatch.setattr(trainer_mod, "load_downstream", lambda *a, **k: MultiLabel(load_downstream(*a, **k)))
+    trainer = BiSSLTrainer(tiny(alternations=1, eval_every=1), progress=False)
+    assert trainer.multilabel and trainer.train_labels.dtype == torch.float32
+    metrics = trainer.fit()
+    assert metrics["val_acc"] == metrics["val_map11"] and "val_map" in metrics
+
+
+# -- data parallelism ------------------------------------------------------------------------------
+
+
+def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        cfg = tiny(cg_iters=300, cg_rtol=1e-11, clip=1e6, upper_lr=0.1, momentum=0.0, gamma=0.5, lam_damp=200.0)
+        trainer = BiSSLTrainer(cfg, progress=False)
+        trainer.encoder_p.double()
+        trainer.model_d.double()
+        gen = torch.Generator().manual_seed(123)  # the same full batches everywhere
+        x = torch.rand(2 * 6, 1, 16, 16, generator=gen, dtype=torch.float64)
+        y = torch.randint(0, 10, (2 * 6,), generator=gen)
+        p1 = torch.rand(2 * 8, 1, 16, 16, generator=gen, dtype=torch.float64)
+        p2 = (p1 + 0.1 * torch.randn(p1.shape, generator=gen, dtype=torch.float64)).clamp(0, 1)
+        initial = {"encoder_p": copy.deepcopy(trainer.encoder_p.state_dict()), "model_d": copy.deepcopy(trainer.model_d.state_dict())}
+        mine = slice(6 * rank, 6 * (rank + 1)), slice(8 * rank, 8 * (rank + 1))
+        logs = trainer.upper_step(x[mine[0]], y[mine[0]], p1[mine[1]], p2[mine[1]])
+        after_upper = [p.detach().clone() for p in trainer.model_d.parameters()]
+        trainer.encoder_p.float()
+        trainer.model_d.float()
+        trainer.train_step(0)  # a full alternation through DDP (lower) and all-reduce (upper)
+        torch.save(
+            {
+                "initial": initial,
+                "batches": (x, y, p1, p2),
+                "after_upper": after_upper,
+                "after_alternation": [p.detach().clone() for p in list(trainer.encoder_p.parameters()) + list(trainer.model_d.parameters())],
+                "logs": logs,
+                "config": dataclasses.asdict(cfg),
+            },
+            os.path.join(out_dir, f"rank{rank}.pt"),
+        )
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.distributed
+def test_ddp_two_processes_apply_the_all_reduced_hypergradient(tmp_path: Path) -> None:
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    r0 = torch.load(tmp_path / "rank0.pt", weights_only=False)
+    r1 = torch.load(tmp_path / "rank1.pt", weights_only=False)
+    for a, b in zip(r0["after_upper"], r1["after_upper"]):
+        assert torch.equal(a, b)
+    for a, b in zip(r0["after_alternation"], r1["after_alternation"]):
+        assert torch.equal(a, b)
+
+    # independent single-process answer: dense Hessian of the process-averaged pretext loss
+    cfg = BiSSLConfig(**{k: v for k, v in r0["config"].items()})
+    ref = BiSSLTrainer(dataclasses.replace(cfg, head_warmup_steps=0), progress=False)
+    ref.encoder_p.double().load_state_dict(r0["initial"]["encoder_p"])
+    ref.model_d.double().load_state_dict(r0["initial"]["model_d"])
+    enc, model_d = ref.encoder_p.train(), ref.model_d.train()
+    x, y, p1, p2 = r0["batches"]
+    theta_p = tuple(enc.backbone.parameters())
+    theta_d = tuple(model_d.backbone.parameters())
+    head = tuple(model_d.head.parameters())
+    chunks = [(slice(0, 6), slice(0, 8)), (slice(6, 12), slice(8, 16))]
+    fs = [pretext_loss_of_backbone(enc, p1[b], p2[b], cfg.temperature) for _, b in chunks]
+    flat = flatten([p.detach() for p in theta_p])
+    hess = torch.autograd.functional.hessian(lambda v: sum(f(unflatten(v, theta_p)) for f in fs) / 2, flat)
+    ce = torch.nn.functional.cross_entropy
+    loss_a = sum(ce(model_d.head(enc.backbone(x[a])), y[a]) for a, _ in chunks) / 2
+    g = torch.autograd.grad(loss_a, head + theta_p)
+    v = flatten(g[len(head) :])
+    solved = torch.linalg.solve(torch.eye(len(v), dtype=torch.float64) + hess / (cfg.lam + cfg.lam_damp), v)
+    assert float((solved - v).norm() / v.norm()) > 1e-3  # the Hessian term matters
+    loss_b = sum(ce(model_d(x[a]), y[a]) for a, _ in chunks) / 2
+    gb = torch.autograd.grad(loss_b, theta_d + head)
+    g_theta_d = solved + cfg.gamma * flatten(gb[: len(theta_d)])
+    g_head = flatten(g[: len(head)]) + cfg.gamma * flatten(gb[len(theta_d) :])
+    start = flatten([p.detach() for p in list(theta_d) + list(head)])
+    expected = start - cfg.upper_lr * torch.cat([g_theta_d, g_head])
+    got = flatten(r0["after_upper"])
+    assert r0["logs"]["cg_rel_residual"] < 1e-9
+    torch.testing.assert_close(got, expected, rtol=1e-7, atol=1e-9)

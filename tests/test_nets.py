@@ -1,0 +1,46 @@
+import pytest
+import torch
+from torch import nn
+
+from bmssl.errors import UserError
+from bmssl.nets import build_backbone, build_encoder
+
+
+@pytest.mark.parametrize(
+    ("name", "size", "channels", "dim"),
+    [("conv4", 28, 1, 16), ("conv4", 84, 3, 16 * 25), ("conv5", 84, 3, 16 * 4)],
+)
+def test_conv_backbones_output_dims(name, size, channels, dim):
+    net = build_backbone(name, channels, "track", width=16, image_size=size)
+    out = net(torch.randn(2, channels, size, size))
+    assert out.shape == (2, dim) == (2, net.out_dim)
+
+
+def test_resnet18_cifar_stem():
+    net = build_backbone("resnet18", 3, "batch")
+    assert net(torch.randn(2, 3, 32, 32)).shape == (2, 512)
+    assert isinstance(net.maxpool, nn.Identity)
+
+
+def test_bn_policies():
+    track = build_backbone("conv4", 1, "track", width=8)
+    batch = build_backbone("conv4", 1, "batch", width=8)
+    none = build_backbone("conv4", 1, "none", width=8)
+    assert any(isinstance(m, nn.BatchNorm2d) and m.track_running_stats for m in track.modules())
+    # "batch" keeps no buffers, so functional calls never mutate module state
+    assert not list(batch.buffers())
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in none.modules())
+    with pytest.raises(UserError, match="BatchNorm policy"):
+        build_backbone("conv4", 1, "sync", width=8)
+
+
+def test_encoder_embeddings_are_unit_norm():
+    enc = build_encoder("conv4", 1, 28, width=8, proj_hidden=16, proj_dim=8)
+    z = enc(torch.randn(3, 1, 28, 28))
+    torch.testing.assert_close(z.norm(dim=-1), torch.ones(3))
+    assert enc.features(torch.randn(3, 1, 28, 28)).shape == (3, 8)
+
+
+def test_unknown_backbone():
+    with pytest.raises(UserError, match="unknown backbone"):
+        build_backbone("vit", 3)
