@@ -108,7 +108,7 @@ def config_from_dict(cls: type[C], values: Mapping[str, Any], base: C | None = N
             f"unknown {cls.__name__} option(s): {', '.join(unknown)}; "
             f"known options: {', '.join(sorted(types_))}"
         )
-    current = dataclasses.asdict(base) if base is not None else {}
+    current: dict[str, Any] = dataclasses.asdict(base) if base is not None else {}  # type: ignore[call-overload]
     for key, value in values.items():
         current[key] = _coerce(key, value, types_[key])
     config = cls(**current)

@@ -143,4 +143,5 @@ def build_encoder(
 ) -> Encoder:
     """Backbone + projector with consistent BatchNorm policy."""
     net = build_backbone(backbone, in_channels, bn, width, image_size)
-    return Encoder(net, Projector(net.out_dim, proj_hidden, proj_dim, bn))
+    out_dim: int = net.out_dim  # type: ignore[assignment]
+    return Encoder(net, Projector(out_dim, proj_hidden, proj_dim, bn))

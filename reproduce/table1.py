@@ -55,7 +55,9 @@ METHODS: dict[str, MethodSpec] = {
     "meta-ssl": MethodSpec(
         "Meta-SSL, no bootstrap (δ = 0)", "bmssl", {"bootstrap_steps": 0}, "bmssl_{profile}.yaml"
     ),
-    "bmssl-fo": MethodSpec("BMSSL first-order", "bmssl", {"first_order": True}, "bmssl_{profile}.yaml"),
+    "bmssl-fo": MethodSpec(
+        "BMSSL first-order", "bmssl", {"first_order": True}, "bmssl_{profile}.yaml"
+    ),
 }
 
 
@@ -97,7 +99,9 @@ class Profile:
         for cell in self.datasets[dataset].get("cells", []):
             match = CELL.match(str(cell))
             if not match:
-                raise UserError(f"cell {cell!r} of {dataset} is not of the form <N>w<K>s (e.g. 5w1s)")
+                raise UserError(
+                    f"cell {cell!r} of {dataset} is not of the form <N>w<K>s (e.g. 5w1s)"
+                )
             out.append((int(match[1]), int(match[2])))
         return out
 
@@ -108,7 +112,9 @@ def load_profile(name_or_path: str) -> Profile:
         path = CONFIGS / f"table1_{name_or_path}.yaml"
     if not path.is_file():
         known = sorted(p.stem.removeprefix("table1_") for p in CONFIGS.glob("table1_*.yaml"))
-        raise UserError(f"unknown profile {name_or_path!r}; choose one of {', '.join(known)} or pass a YAML path")
+        raise UserError(
+            f"unknown profile {name_or_path!r}; choose one of {', '.join(known)} or pass a YAML path"
+        )
     raw = yaml.safe_load(path.read_text()) or {}
     return Profile(
         name=str(raw.get("profile", path.stem)),
@@ -127,7 +133,7 @@ def method_config(profile: Profile, method: str, dataset: str, data_root: str | 
     """Config of ``method`` trained on ``dataset``: defaults < base YAML < profile < fixed."""
     spec = METHODS[method]
     config_cls, _ = trainer_classes(spec.kind)
-    base = None
+    base: Any = None
     if spec.base_yaml:
         candidate = CONFIGS / spec.base_yaml.format(profile=profile.name)
         if candidate.is_file():
@@ -143,15 +149,33 @@ def method_config(profile: Profile, method: str, dataset: str, data_root: str | 
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--profile", default="cpu", help="cpu (default), paper, or a path to a profile YAML")
-    parser.add_argument("--methods", default=None, help=f"comma-separated subset of: {', '.join(METHODS)}")
-    parser.add_argument("--datasets", default=None, help="comma-separated subset of the profile's datasets")
-    parser.add_argument("--data-root", action="append", default=[], metavar="NAME=PATH", help="local root of a dataset")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--profile", default="cpu", help="cpu (default), paper, or a path to a profile YAML"
+    )
+    parser.add_argument(
+        "--methods", default=None, help=f"comma-separated subset of: {', '.join(METHODS)}"
+    )
+    parser.add_argument(
+        "--datasets", default=None, help="comma-separated subset of the profile's datasets"
+    )
+    parser.add_argument(
+        "--data-root",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="local root of a dataset",
+    )
     parser.add_argument("--episodes", type=int, default=None, help="evaluation episodes per cell")
     parser.add_argument("--classifier", default=None, choices=CLASSIFIERS)
-    parser.add_argument("--out", default="results/table1", help="output folder (default results/table1)")
-    parser.add_argument("--fresh", action="store_true", help="ignore cached cells and trained models")
+    parser.add_argument(
+        "--out", default="results/table1", help="output folder (default results/table1)"
+    )
+    parser.add_argument(
+        "--fresh", action="store_true", help="ignore cached cells and trained models"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser.parse_args(argv)
 
@@ -172,10 +196,14 @@ def plan(args: argparse.Namespace) -> tuple[Profile, list[str], list[str], dict[
     datasets = args.datasets.split(",") if args.datasets else list(profile.datasets)
     for d in datasets:
         if d not in profile.datasets:
-            raise UserError(f"dataset {d!r} is not in the {profile.name} profile; choose from {', '.join(profile.datasets)}")
+            raise UserError(
+                f"dataset {d!r} is not in the {profile.name} profile; choose from {', '.join(profile.datasets)}"
+            )
     roots = parse_key_values(args.data_root, "--data-root")
     for d in datasets:
-        test = get_dataset(d, roots.get(d), split="test", image_size=profile.datasets[d].get("image_size", 28))
+        test = get_dataset(
+            d, roots.get(d), split="test", image_size=profile.datasets[d].get("image_size", 28)
+        )
         for n_way, k_shot in profile.cells(d):
             check_episode_shape(test, n_way, k_shot, profile.n_query)
         for m in methods:
@@ -221,7 +249,10 @@ def main(argv: list[str] | None = None) -> Table:
     cache = CellCache(out)
     progress = not args.quiet
     columns = [column_name(d, n, k) for d in datasets for n, k in profile.cells(d)]
-    table = Table(f"Table 1 ({profile.name} profile): {profile.classifier} classifier, accuracy % ± 95% CI, {profile.episodes} episodes", columns)
+    table = Table(
+        f"Table 1 ({profile.name} profile): {profile.classifier} classifier, accuracy % ± 95% CI, {profile.episodes} episodes",
+        columns,
+    )
 
     from tqdm.auto import tqdm
 
@@ -231,16 +262,35 @@ def main(argv: list[str] | None = None) -> Table:
         bar.set_postfix_str(f"{method} on {dataset}")
         label = METHODS[method].label
         cells = profile.cells(dataset)
-        todo = [(n, k) for n, k in cells if args.fresh or cache.get(method, column_name(dataset, n, k)) is None]
+        todo = [
+            (n, k)
+            for n, k in cells
+            if args.fresh or cache.get(method, column_name(dataset, n, k)) is None
+        ]
         if todo:
             config = method_config(profile, method, dataset, roots.get(dataset))
-            backbone = train_or_load(method, config, out / "runs" / method / dataset, args.fresh, progress)
-            test = get_dataset(dataset, roots.get(dataset), split="test", image_size=config.image_size)
+            backbone = train_or_load(
+                method, config, out / "runs" / method / dataset, args.fresh, progress
+            )
+            test = get_dataset(
+                dataset, roots.get(dataset), split="test", image_size=config.image_size
+            )
             for n_way, k_shot in todo:
                 result = evaluate_fewshot(
-                    backbone, test, n_way, k_shot, profile.n_query, profile.episodes, profile.classifier, seed=profile.seed
+                    backbone,
+                    test,
+                    n_way,
+                    k_shot,
+                    profile.n_query,
+                    profile.episodes,
+                    profile.classifier,
+                    seed=profile.seed,
                 )
-                cache.put(method, column_name(dataset, n_way, k_shot), {**result.as_dict(), "method": method, "dataset": dataset})
+                cache.put(
+                    method,
+                    column_name(dataset, n_way, k_shot),
+                    {**result.as_dict(), "method": method, "dataset": dataset},
+                )
         for n_way, k_shot in cells:
             col = column_name(dataset, n_way, k_shot)
             cell = cache.get(method, col)
@@ -254,7 +304,11 @@ def main(argv: list[str] | None = None) -> Table:
         table.notes[ref["method"]] = ref["source"]
 
     elapsed = time.perf_counter() - started
-    table.write(out, "table1", meta={"profile": profile.name, "episodes": profile.episodes, "wall_time_s": elapsed})
+    table.write(
+        out,
+        "table1",
+        meta={"profile": profile.name, "episodes": profile.episodes, "wall_time_s": elapsed},
+    )
     print(table.markdown())
     print(f"wrote {out / 'table1.md'}, .csv, .json in {elapsed:.0f} s", file=sys.stderr)
     return table

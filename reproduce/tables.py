@@ -66,7 +66,11 @@ class Table:
         header = ["Method", *self.columns] + (["Source"] if self.notes else [])
         best = self._best_rows() if bold_best else {}
         lines = [f"**{self.title}**", "", "| " + " | ".join(header) + " |"]
-        lines.append("|" + "|".join(["---"] + ["---:"] * len(self.columns) + (["---"] if self.notes else [])) + "|")
+        lines.append(
+            "|"
+            + "|".join(["---"] + ["---:"] * len(self.columns) + (["---"] if self.notes else []))
+            + "|"
+        )
         for row, cells in self.rows.items():
             texts = []
             for col in self.columns:
@@ -93,13 +97,23 @@ class Table:
         writer = csv.writer(buffer)
         writer.writerow(["method", *self.columns, "source"])
         for row, cells in self.rows.items():
-            writer.writerow([row, *(cells.get(c, "") for c in self.columns), self.notes.get(row, "")])
+            writer.writerow(
+                [row, *(cells.get(c, "") for c in self.columns), self.notes.get(row, "")]
+            )
         return buffer.getvalue()
 
-    def write(self, out_dir: str | Path, name: str, meta: dict[str, Any] | None = None) -> list[Path]:
+    def write(
+        self, out_dir: str | Path, name: str, meta: dict[str, Any] | None = None
+    ) -> list[Path]:
         """Write ``name.md``, ``name.csv`` and ``name.json`` atomically; return their paths."""
         out = Path(out_dir)
-        payload = {"title": self.title, "columns": self.columns, "rows": self.raw, "text": self.rows, "sources": self.notes}
+        payload = {
+            "title": self.title,
+            "columns": self.columns,
+            "rows": self.raw,
+            "text": self.rows,
+            "sources": self.notes,
+        }
         if meta:
             payload["meta"] = meta
         return [

@@ -1,3 +1,4 @@
+import contextlib
 import os
 import signal
 import subprocess
@@ -6,7 +7,13 @@ import textwrap
 
 import torch
 
-from bmssl.baselines import ProtoNetConfig, ProtoNetTrainer, SimCLRConfig, SimCLRTrainer, random_init_encoder
+from bmssl.baselines import (
+    ProtoNetConfig,
+    ProtoNetTrainer,
+    SimCLRConfig,
+    SimCLRTrainer,
+    random_init_encoder,
+)
 from bmssl.io import atomic_write, latest_checkpoint
 
 TINY = dict(width=8, proj_hidden=16, proj_dim=8, batch_size=16, eval_episodes=10, dataset="digits")
@@ -54,7 +61,9 @@ def test_killed_process_resumes_to_the_same_weights(tmp_path):
         )
     )
     run = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, str(script), str(run), "slow"], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(run), "slow"], stdout=subprocess.PIPE, text=True
+    )
     for line in proc.stdout:
         if line.strip() == "step 3":
             break
@@ -62,7 +71,9 @@ def test_killed_process_resumes_to_the_same_weights(tmp_path):
     proc.wait()
     assert not (run / "final.pt").exists()
     subprocess.run([sys.executable, str(script), str(run)], check=True, capture_output=True)
-    subprocess.run([sys.executable, str(script), str(tmp_path / "straight")], check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "straight")], check=True, capture_output=True
+    )
     a = torch.load(run / "final.pt")
     b = torch.load(tmp_path / "straight" / "final.pt")
     for key in a:
@@ -70,7 +81,16 @@ def test_killed_process_resumes_to_the_same_weights(tmp_path):
 
 
 def test_protonet_learns_and_resumes(tmp_path):
-    cfg = ProtoNetConfig(steps=4, eval_every=2, n_way=5, width=8, proj_hidden=16, proj_dim=8, eval_episodes=10, dataset="digits")
+    cfg = ProtoNetConfig(
+        steps=4,
+        eval_every=2,
+        n_way=5,
+        width=8,
+        proj_hidden=16,
+        proj_dim=8,
+        eval_episodes=10,
+        dataset="digits",
+    )
     full = ProtoNetTrainer(cfg, out_dir=tmp_path / "a", progress=False)
     full.fit()
     part = ProtoNetTrainer(cfg, out_dir=tmp_path / "b", progress=False)
@@ -93,10 +113,8 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path):
         f.write("partial")
         raise RuntimeError("killed")
 
-    try:
+    with contextlib.suppress(RuntimeError):
         atomic_write(path, boom)
-    except RuntimeError:
-        pass
     assert path.read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.txt"]
     (tmp_path / "step_2.pt").touch()

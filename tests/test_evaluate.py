@@ -14,10 +14,16 @@ def toy_dataset(classes=6, per_class=20, size=4, seed=0):
     """Class c images are the constant c/classes plus small noise: linearly separable."""
     g = torch.Generator().manual_seed(seed)
     base = torch.arange(classes).repeat_interleave(per_class).float() / classes
-    imgs = base[:, None, None, None] + 0.01 * torch.rand(classes * per_class, 1, size, size, generator=g)
+    imgs = base[:, None, None, None] + 0.01 * torch.rand(
+        classes * per_class, 1, size, size, generator=g
+    )
     onehot = torch.zeros(classes * per_class, 1, size, size)
     imgs = torch.cat([imgs, onehot], 1).clamp(0, 1)
-    return TensorImageDataset((imgs * 255).round().to(torch.uint8), base.mul(classes).long(), [str(c) for c in range(classes)])
+    return TensorImageDataset(
+        (imgs * 255).round().to(torch.uint8),
+        base.mul(classes).long(),
+        [str(c) for c in range(classes)],
+    )
 
 
 class ClassCode(nn.Module):
@@ -47,7 +53,9 @@ def test_episodes_are_seeded_and_well_formed():
     targets = np.asarray(ds.targets)
     for lab in range(5):  # every episode label maps to one dataset class
         assert len(set(targets[ep.support[ep.support_labels == lab]])) == 1
-        assert set(targets[ep.query[ep.query_labels == lab]]) == set(targets[ep.support[ep.support_labels == lab]])
+        assert set(targets[ep.query[ep.query_labels == lab]]) == set(
+            targets[ep.support[ep.support_labels == lab]]
+        )
 
 
 def test_ci_formula():
@@ -60,7 +68,17 @@ def test_ci_formula():
 @pytest.mark.parametrize("classifier", ["proto", "logreg", "finetune"])
 def test_perfect_encoder_scores_100(classifier):
     ds = toy_dataset()
-    result = evaluate_fewshot(ClassCode(6), ds, 5, 1, 5, episodes=3 if classifier == "finetune" else 20, classifier=classifier, finetune_steps=30, finetune_lr=0.5)
+    result = evaluate_fewshot(
+        ClassCode(6),
+        ds,
+        5,
+        1,
+        5,
+        episodes=3 if classifier == "finetune" else 20,
+        classifier=classifier,
+        finetune_steps=30,
+        finetune_lr=0.5,
+    )
     assert result.mean == pytest.approx(100.0) and result.ci95 == pytest.approx(0.0)
 
 

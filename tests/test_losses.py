@@ -28,7 +28,9 @@ def test_nt_xent_matches_loop_reference(t):
 
 def test_nt_xent_is_low_for_identical_views_and_symmetric():
     z = torch.randn(8, 16, dtype=torch.float64)
-    assert float(nt_xent(z, z, 0.1)) < float(nt_xent(z, torch.randn(8, 16, dtype=torch.float64), 0.1))
+    assert float(nt_xent(z, z, 0.1)) < float(
+        nt_xent(z, torch.randn(8, 16, dtype=torch.float64), 0.1)
+    )
     z2 = torch.randn(8, 16, dtype=torch.float64)
     assert float(nt_xent(z, z2)) == pytest.approx(float(nt_xent(z2, z)), rel=1e-12)
 

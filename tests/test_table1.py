@@ -24,7 +24,9 @@ method_overrides:
 
 
 def run(args, cwd):
-    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
 
 
 @pytest.fixture
@@ -46,11 +48,15 @@ def test_table1_end_to_end_and_cached_rerun(tmp_path, profile):
     assert (out / "tiny" / "table1.csv").read_text().startswith("method,digits 5w1s,digits 5w5s")
     assert (out / "tiny" / "runs" / "simclr" / "digits" / "checkpoints" / "last.pt").is_file()
     # a rerun reuses every finished cell: no training, identical table
-    mtime = (out / "tiny" / "runs" / "simclr" / "digits" / "checkpoints" / "last.pt").stat().st_mtime
+    mtime = (
+        (out / "tiny" / "runs" / "simclr" / "digits" / "checkpoints" / "last.pt").stat().st_mtime
+    )
     second = run(["--profile", str(profile), "--out", str(out), "--quiet"], tmp_path)
     assert second.returncode == 0, second.stderr
     assert second.stdout == first.stdout
-    assert (out / "tiny" / "runs" / "simclr" / "digits" / "checkpoints" / "last.pt").stat().st_mtime == mtime
+    assert (
+        out / "tiny" / "runs" / "simclr" / "digits" / "checkpoints" / "last.pt"
+    ).stat().st_mtime == mtime
 
 
 @pytest.mark.parametrize(
@@ -74,7 +80,9 @@ def test_bad_cells_and_profiles_exit_2(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(TINY_PROFILE.replace("[5w1s, 5w5s]", "[6w1s]"))
     result = run(["--profile", str(bad), "--out", str(tmp_path / "o")], tmp_path)
-    assert result.returncode == 2 and "n_way=6 is larger than the 5 held-out classes" in result.stderr
+    assert (
+        result.returncode == 2 and "n_way=6 is larger than the 5 held-out classes" in result.stderr
+    )
     bad.write_text(TINY_PROFILE.replace("[5w1s, 5w5s]", "[5w200s]"))
     result = run(["--profile", str(bad), "--out", str(tmp_path / "o")], tmp_path)
     assert result.returncode == 2 and "k_shot=200" in result.stderr

@@ -24,6 +24,8 @@ class ImageDataset(Dataset):
     targets: list[int]
     classes: list[str]
     image_shape: tuple[int, int, int]
+    # Multi-label sets (VOC 2007) set this and yield multi-hot float targets instead of an int.
+    multilabel: bool = False
 
     @property
     def num_classes(self) -> int:
