@@ -57,7 +57,9 @@ def test_voc11_matches_devkit_rule_on_random_rankings(seed: int) -> None:
     rng = np.random.default_rng(seed)
     scores = rng.permutation(200).astype(float)  # distinct scores: no ties
     labels = (rng.random(200) < 0.2 + 0.1 * seed).astype(int)
-    assert voc11_average_precision(scores, labels) == pytest.approx(_voc07_reference(scores, labels), abs=1e-12)
+    assert voc11_average_precision(scores, labels) == pytest.approx(
+        _voc07_reference(scores, labels), abs=1e-12
+    )
 
 
 def test_map_skips_classes_without_positives_and_agrees_with_sklearn() -> None:

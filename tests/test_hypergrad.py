@@ -35,7 +35,9 @@ def _spd(n: int, lo: float, hi: float, gen: torch.Generator) -> torch.Tensor:
 
 
 def _params(gen: torch.Generator) -> tuple[torch.Tensor, ...]:
-    return tuple(torch.randn(s, generator=gen, dtype=torch.float64).requires_grad_() for s in SHAPES)
+    return tuple(
+        torch.randn(s, generator=gen, dtype=torch.float64).requires_grad_() for s in SHAPES
+    )
 
 
 @pytest.mark.parametrize("lam", [0.5, 1e-3])
@@ -71,7 +73,9 @@ def test_implicit_gradient_matches_closed_form_on_quadratic_bilevel(lam: float) 
     assert result.converged
     assert float((got - closed).norm() / closed.norm()) < 1e-6
     # warm start from the answer needs no iteration; from nearby it needs fewer
-    again = implicit_gradient(f, params, v, lam, 0.0, CGSettings(maxiter=200, rtol=1e-10), x0=result.x)
+    again = implicit_gradient(
+        f, params, v, lam, 0.0, CGSettings(maxiter=200, rtol=1e-10), x0=result.x
+    )
     assert again.iterations == 0 and again.converged
 
 
@@ -145,12 +149,17 @@ def test_reuse_builds_first_order_graph_once_and_matches_recompute() -> None:
     params = tuple(enc.backbone.parameters())
     f = pretext_loss_of_backbone(enc, x1, x2)
     gen = torch.Generator().manual_seed(7)
-    vs = [tuple(torch.randn(p.shape, generator=gen, dtype=torch.float64) for p in params) for _ in range(4)]
+    vs = [
+        tuple(torch.randn(p.shape, generator=gen, dtype=torch.float64) for p in params)
+        for _ in range(4)
+    ]
     with frozen_bn_statistics(enc):
         reuse = HessianVectorProduct(f, params, "reuse")
         recompute = HessianVectorProduct(f, params, "recompute")
         for v in vs:
-            torch.testing.assert_close(flatten(reuse(v)), flatten(recompute(v)), rtol=1e-10, atol=1e-12)
+            torch.testing.assert_close(
+                flatten(reuse(v)), flatten(recompute(v)), rtol=1e-10, atol=1e-12
+            )
     assert reuse.first_order_builds == 1 and reuse.calls == 4
     assert recompute.first_order_builds == 4
 
@@ -199,7 +208,10 @@ def test_layerwise_mode_equals_direct_reimplementation(iters: int) -> None:
     b = torch.randn(n, generator=gen, dtype=torch.float64)
     like = tuple(torch.zeros(k, dtype=torch.float64) for k in blocks)
     result = conjugate_gradient(
-        lambda d: unflatten(a @ flatten(d), like), unflatten(b, like), maxiter=iters, mode="layerwise"
+        lambda d: unflatten(a @ flatten(d), like),
+        unflatten(b, like),
+        maxiter=iters,
+        mode="layerwise",
     )
     expected = _layerwise_reference(a.numpy(), b.numpy(), blocks, iters)
     np.testing.assert_allclose(flatten(result.x).numpy(), expected, rtol=1e-10, atol=1e-12)
@@ -219,7 +231,9 @@ def test_exact_cg_stops_at_tolerance_and_records_residuals() -> None:
     gen = torch.Generator().manual_seed(13)
     a = _spd(20, 1.0, 3.0, gen)
     b = (torch.randn(20, generator=gen, dtype=torch.float64),)
-    result = conjugate_gradient(lambda d: (a @ d[0],), b, maxiter=100, rtol=1e-6, check_residual=True)
+    result = conjugate_gradient(
+        lambda d: (a @ d[0],), b, maxiter=100, rtol=1e-6, check_residual=True
+    )
     assert result.converged and result.iterations < 20
     assert len(result.residuals) == result.iterations + 1
     assert result.relative_residual <= 1e-6
@@ -296,6 +310,10 @@ def test_upper_gradients_assemble_the_bissl_formula() -> None:
     loss_b = F.cross_entropy(model_d(x), y)
     g_theta_d = flatten(torch.autograd.grad(loss_b, theta_d, retain_graph=True))
     g_head_b = flatten(torch.autograd.grad(loss_b, head))
-    torch.testing.assert_close(flatten(got.backbone), solved + gamma * g_theta_d, rtol=1e-7, atol=1e-10)
-    torch.testing.assert_close(flatten(got.head), g_head_a + gamma * g_head_b, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(
+        flatten(got.backbone), solved + gamma * g_theta_d, rtol=1e-7, atol=1e-10
+    )
+    torch.testing.assert_close(
+        flatten(got.head), g_head_a + gamma * g_head_b, rtol=1e-9, atol=1e-12
+    )
     assert set(got.losses) == {"upper_loss", "classic_loss"}

@@ -1,0 +1,312 @@
+"""Cost and convergence of BiSSL's hypergradient, in one process, on a SimCLR-pre-trained Conv4.
+
+1. One upper step (``bissl.hypergrad.upper_gradients``, 5 exact CG iterations) with the
+   first-order graph built once and reused by every Hessian-vector product, against the public
+   code's approach (forward + first-order + second-order pass per CG iteration), against a plain
+   downstream step (CE forward + backward of head_D∘backbone_D). Gradients of the two upper
+   steps are compared.
+2. Cost of one Hessian-vector product over one pretext gradient (reuse / recompute / torch.func).
+3. CG relative residual against iterations, exact and layerwise, on the damped system
+   (I + H/(λ + λ_damp)) x = v with the paper's λ_damp and with a λ_damp above the most negative
+   curvature (the NT-Xent Hessian is indefinite; its extreme eigenvalues are estimated by
+   Lanczos, scipy's eigsh on the HVP operator).
+
+Times are medians of ``--repeats`` runs after a warm-up (the CPU may be shared).
+
+    python benchmarks/bench_hypergrad.py             # Conv4 width 32, 28×28, batch 64
+    python benchmarks/bench_hypergrad.py --quick     # smoke run
+
+Writes ``benchmarks/results/bench_hypergrad.json`` (git-ignored) and prints the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bissl.data import load_downstream  # noqa: E402
+from bissl.hypergrad import (  # noqa: E402
+    CGSettings,
+    HessianVectorProduct,
+    conjugate_gradient,
+    damped_operator,
+    flatten,
+    unflatten,
+    upper_gradients,
+)
+from bissl.objectives import (  # noqa: E402
+    DownstreamModel,
+    downstream_loss,
+    frozen_bn_statistics,
+    pretext_loss_of_backbone,
+)
+from bissl.pipeline import pretext_encoder  # noqa: E402
+from bissl.trainer import BiSSLConfig, simclr_config  # noqa: E402
+from bmssl.baselines import load_split  # noqa: E402
+from bmssl.data import SSLViews  # noqa: E402
+from bmssl.errors import UserError, cli_entry  # noqa: E402
+from bmssl.io import seed_everything, write_json  # noqa: E402
+
+OUT = ROOT / "benchmarks" / "results"
+
+
+def run_times(fn: Callable[[], Any], repeats: int) -> list[float]:
+    """Wall times of ``repeats`` runs of ``fn`` after one warm-up run."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def median_time(fn: Callable[[], Any], repeats: int) -> float:
+    """Median wall time of ``fn`` (the CPU may be shared: the median resists outliers)."""
+    return statistics.median(run_times(fn, repeats))
+
+
+def extreme_eigenvalues(
+    hvp: HessianVectorProduct, like: tuple[torch.Tensor, ...]
+) -> tuple[float, float]:
+    """(smallest, largest) eigenvalue of the Hessian behind ``hvp`` (Lanczos, scipy eigsh)."""
+    from scipy.sparse.linalg import LinearOperator, eigsh
+
+    n = sum(t.numel() for t in like)
+
+    def mv(v: np.ndarray) -> np.ndarray:
+        vec = torch.from_numpy(np.asarray(v, dtype=np.float32).ravel())
+        return flatten(hvp(unflatten(vec, like))).double().numpy()
+
+    op = LinearOperator((n, n), matvec=mv, dtype=np.float64)
+    lo = eigsh(op, k=1, which="SA", tol=1e-2, return_eigenvectors=False)
+    hi = eigsh(op, k=1, which="LA", tol=1e-2, return_eigenvectors=False)
+    return float(lo[0]), float(hi[0])
+
+
+def first_reaching(history: list[float], tol: float) -> int | None:
+    """First iteration whose relative residual is <= ``tol`` (None if never)."""
+    return next((k for k, r in enumerate(history) if r <= tol), None)
+
+
+def stall_point(history: list[float]) -> dict[str, float]:
+    """Iteration of the smallest relative residual and that residual."""
+    k = int(np.argmin(history))
+    return {"best_iteration": k, "best_rel_residual": history[k], "final_rel_residual": history[-1]}
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--width", type=int, default=32)
+    parser.add_argument("--batch", type=int, default=64, help="downstream and pretext batch")
+    parser.add_argument("--pretrain-steps", type=int, default=300, help="SimCLR steps first")
+    parser.add_argument("--cg-iters", type=int, default=5)
+    parser.add_argument("--max-iters", type=int, default=30, help="residual-curve length")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--quick", action="store_true", help="small smoke run")
+    parser.add_argument("--out", default=str(OUT / "bench_hypergrad.json"))
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.width, args.batch, args.pretrain_steps, args.repeats, args.max_iters = 8, 16, 20, 2, 10
+    for name in ("width", "batch", "cg_iters", "max_iters", "repeats", "threads"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+    torch.set_num_threads(args.threads)
+    seed_everything(0)
+
+    cfg = BiSSLConfig(
+        width=args.width, pretext_steps=args.pretrain_steps, pretext_batch_size=args.batch
+    )
+    print(
+        f"SimCLR pre-training: Conv4 width {args.width}, {args.pretrain_steps} steps",
+        file=sys.stderr,
+    )
+    encoder, _ = pretext_encoder(cfg, None, OUT / "cache", progress=False)
+    encoder.train()
+    train = load_downstream(cfg.dataset, None, "train", cfg.image_size)
+    model_d = DownstreamModel(copy.deepcopy(encoder.backbone), len(train.classes)).train()
+    idx = np.arange(args.batch)
+    x = train.get_batch(idx)
+    y = torch.as_tensor(np.asarray(train.targets)[idx])
+    pretext = load_split(simclr_config(cfg), "train")
+    x1, x2 = SSLViews(cfg.augment, cfg.image_size, 1).pair(pretext.get_batch(idx))
+    theta = tuple(encoder.backbone.parameters())
+    n_params = sum(p.numel() for p in theta)
+    f = pretext_loss_of_backbone(encoder, x1, x2, cfg.temperature)
+
+    # -- curvature: the damped system is positive definite only above the most negative eigenvalue
+    with frozen_bn_statistics(encoder):
+        lo, hi = extreme_eigenvalues(HessianVectorProduct(f, theta, "reuse"), theta)
+    damp_pd = max(cfg.lam_damp, float(np.ceil(2.0 * max(0.0, -lo))))
+    print(f"Hessian: {n_params} parameters, eigenvalues in [{lo:.3g}, {hi:.3g}]; "
+          f"λ_damp for a positive definite system: {damp_pd:g}", file=sys.stderr)  # fmt: skip
+
+    # -- 1. upper step: reuse vs recompute vs plain downstream step -------------------------------
+    def upper(backend: str, damp: float):
+        return upper_gradients(
+            encoder, model_d, x, y, x1, x2, lam=cfg.lam, lam_damp=damp, gamma=0.0,
+            temperature=cfg.temperature, settings=CGSettings(maxiter=args.cg_iters, backend=backend),
+        )  # fmt: skip
+
+    g_reuse, g_rec = upper("reuse", damp_pd), upper("recompute", damp_pd)
+    both = [g_reuse.cg.iterations, g_rec.cg.iterations]
+    ref = flatten(g_rec.backbone + g_rec.head)
+    grad_rel_diff = float((flatten(g_reuse.backbone + g_reuse.head) - ref).norm() / ref.norm())
+    t_reuse = median_time(lambda: upper("reuse", damp_pd), args.repeats)
+    t_recompute = median_time(lambda: upper("recompute", damp_pd), args.repeats)
+    # the speed-up grows with the iteration count towards (build + HVP) / HVP
+    sweep = {}
+    for iters in (args.cg_iters, 2 * args.cg_iters, 4 * args.cg_iters):
+
+        def step(backend: str, iters: int = iters) -> None:
+            upper_gradients(
+                encoder, model_d, x, y, x1, x2, lam=cfg.lam, lam_damp=damp_pd, gamma=0.0,
+                temperature=cfg.temperature, settings=CGSettings(maxiter=iters, backend=backend),
+            )  # fmt: skip
+
+        a = run_times(lambda: step("reuse"), max(2, args.repeats // 2))
+        b = run_times(lambda: step("recompute"), max(2, args.repeats // 2))
+        sweep[str(iters)] = {
+            "speedup_median": statistics.median(b) / statistics.median(a),
+            "speedup_min": min(b) / min(a),
+        }
+
+    def plain_step() -> None:
+        model_d.zero_grad(set_to_none=True)
+        downstream_loss(model_d(x), y).backward()
+
+    t_plain = median_time(plain_step, args.repeats)
+
+    # -- 2. one HVP over one gradient ----------------------------------------------------------
+    def gradient() -> None:
+        torch.autograd.grad(f(theta), theta)
+
+    v = tuple(torch.randn_like(p) for p in theta)
+    t_grad = median_time(gradient, args.repeats)
+    with frozen_bn_statistics(encoder):
+        reuse_op = HessianVectorProduct(f, theta, "reuse")
+        t_hvp_reuse = median_time(lambda: reuse_op(v), args.repeats)
+        t_build = median_time(
+            lambda: HessianVectorProduct(f, theta, "reuse").release(), args.repeats
+        )
+        rec_op = HessianVectorProduct(f, theta, "recompute")
+        t_hvp_rec = median_time(lambda: rec_op(v), args.repeats)
+    func_enc = copy.deepcopy(encoder)
+    torch.func.replace_all_batch_norm_modules_(func_enc)
+    f_func = pretext_loss_of_backbone(func_enc, x1, x2, cfg.temperature)
+    func_op = HessianVectorProduct(f_func, tuple(func_enc.backbone.parameters()), "func")
+    t_hvp_func = median_time(lambda: func_op(v), args.repeats)
+
+    # -- 3. CG residual curves -----------------------------------------------------------------
+    # the right-hand side v = ∇_θP CE(head_D(backbone_P(x)), y)
+    loss_a = downstream_loss(model_d.head(encoder.backbone(x)), y)
+    rhs = torch.autograd.grad(loss_a, theta)
+    curves: dict[str, Any] = {}
+    with frozen_bn_statistics(encoder):
+        op = HessianVectorProduct(f, theta, "reuse")
+        for damp in sorted({cfg.lam_damp, damp_pd}):
+            for mode in ("exact", "layerwise"):
+                res = conjugate_gradient(
+                    damped_operator(op, 1.0 / (cfg.lam + damp)), rhs, maxiter=args.max_iters,
+                    rtol=1e-6 if mode == "exact" else 0.0, mode=mode, check_residual=True,
+                )  # fmt: skip
+                curves[f"{mode}@lam_damp={damp:g}"] = {
+                    "lam_damp": damp,
+                    "mode": mode,
+                    "rel_residuals": res.history_rel,
+                    "iterations": res.iterations,
+                    "reached_1e-6_at": first_reaching(res.history_rel, 1e-6),
+                    "true_rel_residual": (res.true_residual or 0.0) / res.b_norm,
+                    "breakdown": res.breakdown,
+                    **stall_point(res.history_rel),
+                }
+
+    results = {
+        "setup": {
+            "backbone": "conv4",
+            "width": args.width,
+            "image_size": cfg.image_size,
+            "batch": args.batch,
+            "parameters": n_params,
+            "pretrain_steps": args.pretrain_steps,
+            "threads": args.threads,
+            "lam": cfg.lam,
+            "repeats": args.repeats,
+            "torch": torch.__version__,
+            "machine": platform.machine(),
+            "processor": platform.processor(),
+        },  # fmt: skip
+        "hessian_eigenvalues": {"min": lo, "max": hi, "lam_damp_pd": damp_pd},
+        "upper_step": {
+            "cg_iterations": both,
+            "lam_damp": damp_pd,
+            "seconds_reuse": t_reuse,
+            "seconds_recompute": t_recompute,
+            "seconds_plain_downstream_step": t_plain,
+            "speedup_reuse_over_recompute": t_recompute / t_reuse,
+            "reuse_over_plain": t_reuse / t_plain,
+            "grad_rel_diff_reuse_vs_recompute": grad_rel_diff,
+            "speedup_by_cg_iterations": sweep,
+        },
+        "hvp": {
+            "seconds_gradient": t_grad,
+            "seconds_first_order_build": t_build,
+            "hvp_over_gradient_reuse": t_hvp_reuse / t_grad,
+            "hvp_over_gradient_recompute": t_hvp_rec / t_grad,
+            "hvp_over_gradient_func": t_hvp_func / t_grad,
+        },
+        "cg": curves,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    write_json(args.out, results)
+
+    u, h = results["upper_step"], results["hvp"]
+    print(f"\nConv4 width {args.width}, {n_params} backbone parameters, batch {args.batch}, "
+          f"{args.threads} thread(s); H eigenvalues in [{lo:.3g}, {hi:.3g}]")  # fmt: skip
+    print(f"upper step, {args.cg_iters} CG iterations (ran {both}), λ_damp={damp_pd:g}:")
+    print(f"  reuse {t_reuse * 1e3:.1f} ms | recompute {t_recompute * 1e3:.1f} ms | plain "
+          f"downstream step {t_plain * 1e3:.1f} ms")  # fmt: skip
+    print(f"  speed-up reuse/recompute: {u['speedup_reuse_over_recompute']:.2f}x  "
+          f"(reuse = {u['reuse_over_plain']:.1f}x a plain step); gradient rel. diff {grad_rel_diff:.1e}")  # fmt: skip
+    print(
+        "  speed-up by CG iterations (median / min of runs): "
+        + ", ".join(
+            f"{k}: {v['speedup_median']:.2f}/{v['speedup_min']:.2f}x" for k, v in sweep.items()
+        )
+    )
+    print(f"HVP / gradient: reuse {h['hvp_over_gradient_reuse']:.2f}, recompute "
+          f"{h['hvp_over_gradient_recompute']:.2f}, torch.func {h['hvp_over_gradient_func']:.2f}")  # fmt: skip
+    print("CG relative residual (iteration: value):")
+    for name, c in curves.items():
+        pts = ", ".join(
+            f"{k}:{r:.1e}"
+            for k, r in enumerate(c["rel_residuals"])
+            if k in (0, 1, 2, 5, 10, 20, 30) or k == len(c["rel_residuals"]) - 1
+        )
+        extra = f"; reached 1e-6 at {c['reached_1e-6_at']}" if c["mode"] == "exact" else ""
+        stop = f"; stopped: {c['breakdown']}" if c["breakdown"] else ""
+        print(
+            f"  {name:26s} {pts}{extra}; best {c['best_rel_residual']:.1e} at {c['best_iteration']}{stop}"
+        )
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
