@@ -35,6 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 #: BMSSL small enough that a trial is a few seconds on one thread
 TINY_BMSSL = {
+    "dataset": "digits",
     "width": 4,
     "proj_hidden": 8,
     "proj_dim": 8,
@@ -153,7 +154,7 @@ def test_trial_config_layers_base_preset_yaml_and_params(tmp_path):
     path.write_text("lr: 0.01\nwidth: 32\n")
     base = target.base_config(path, {"steps": 7}, preset="cpu")
     # the YAML's width beats the preset's; the override beats both
-    assert (base.width, base.lr, base.steps, base.eval_episodes) == (32, 0.01, 7, 40)
+    assert (base.width, base.lr, base.steps, base.eval_episodes) == (32, 0.01, 7, 100)
     import dataclasses
 
     trial = target.trial_config(dataclasses.asdict(base), {"augment": "weak", "seed": 5})
@@ -268,27 +269,6 @@ def test_report_files(tmp_path):
 # -- Ray ------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def ray_tmp():
-    """A short RAY_TMPDIR: Ray's socket paths must stay under 107 bytes, pytest's paths don't."""
-    path = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def _env(ray_tmp: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        RAY_TMPDIR=str(ray_tmp),
-        PYTHONPATH=str(REPO) + os.pathsep + env.get("PYTHONPATH", ""),
-        OMP_NUM_THREADS="1",
-        RAY_DEDUP_LOGS="0",
-    )
-    return env
-
-
 def _result_lines(experiment: Path) -> dict[str, list[dict]]:
     out = {}
     for path in sorted(experiment.glob("trial_*/result.json")):
@@ -297,59 +277,73 @@ def _result_lines(experiment: Path) -> dict[str, list[dict]]:
     return out
 
 
+def _wait_for_new_report(driver, experiment: Path, seen: int, log: Path) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and driver.poll() is None:
+        if sum(map(len, _result_lines(experiment).values())) > seen:
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"no new report before the driver ended:\n{log.read_text()[-3000:]}")
+
+
 @pytest.mark.ray
-def test_interrupt_then_resume_finishes_every_trial(tmp_path, ray_tmp):
-    """Ctrl-C the driver after the first report, then --resume: all trials finish, no result
-    reported before the interrupt is lost or changed, never-started trials run."""
+def test_killed_then_interrupted_then_resumed_search_finishes_every_trial(local_ray, tmp_path):
+    """Kill the driver (SIGKILL) after the first report, resume, Ctrl-C (SIGINT) that after its
+    first report, resume again: every trial finishes, no result reported before an interrupt is
+    lost or changed, trials that never started run, each session is recorded."""
+    import ray
+
     from bmssl.data.views import STRENGTHS
 
     storage = tmp_path / "store"
-    overrides = [f"{k}={v}" for k, v in {**TINY_BMSSL, "steps": 4}.items()]
+    experiment = storage / "bmssl-augment-strength"
+    overrides = [f"{k}={v}" for k, v in {**TINY_BMSSL, "steps": 6}.items()]
+    # The drivers join this test's Ray, as they would join a cluster's (--address).
+    address = ray.get_runtime_context().gcs_address
     cmd = [
         sys.executable, "-m", "tuning", "search", "bmssl", "--space", "augment-strength",
-        "--num-cpus", "2", "--storage", str(storage), "--quiet", "--set", *overrides,
+        "--address", address, "--storage", str(storage), "--quiet", "--set", *overrides,
     ]  # fmt: skip
-    experiment = storage / "bmssl-augment-strength"
-    log = (tmp_path / "first.log").open("w")
-    driver = subprocess.Popen(
-        cmd, cwd=tmp_path, env=_env(ray_tmp), stdout=log, stderr=subprocess.STDOUT
-    )
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and driver.poll() is None:
-        if any(_result_lines(experiment).values()):
-            break
-        time.sleep(0.5)
-    assert driver.poll() is None, "the search ended before it could be interrupted"
-    print("first report after", time.monotonic() - deadline + 120)
-    driver.send_signal(signal.SIGINT)
-    assert driver.wait(timeout=90) == 130, (tmp_path / "first.log").read_text()[-3000:]
-    print("stopped after", time.monotonic() - deadline + 120)
-    before = _result_lines(experiment)
-    states = {r.status for r in load_records(experiment, ["augment"])}
-    assert states - {"TERMINATED"}, "every trial finished before the interrupt took effect"
-    assert "--resume" in (tmp_path / "first.log").read_text()
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    reported: dict[str, list[dict]] = {}
+    for session, (extra, sig, code) in enumerate(
+        [([], signal.SIGKILL, -9), (["--resume"], signal.SIGINT, 130)]
+    ):
+        log = tmp_path / f"session{session}.log"
+        with log.open("w") as out:
+            driver = subprocess.Popen(
+                [*cmd, *extra], cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT
+            )
+            seen = sum(map(len, _result_lines(experiment).values()))
+            _wait_for_new_report(driver, experiment, seen, log)
+            driver.send_signal(sig)
+            assert driver.wait(timeout=90) == code, log.read_text()[-3000:]
+        reported = _result_lines(experiment)
+        unfinished = [r for r in load_records(experiment, ["augment"]) if r.status != "TERMINATED"]
+        assert unfinished, "every trial finished before the interrupt took effect"
+    assert "--resume" in log.read_text()  # the Ctrl-C'ed driver says how to go on
 
-    resumed = subprocess.run(
-        [*cmd, "--resume"], cwd=tmp_path, env=_env(ray_tmp), capture_output=True, text=True,
-        timeout=150,
-    )  # fmt: skip
-    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
-    print("resumed after", time.monotonic() - deadline + 120)
+    final = subprocess.run(
+        [*cmd, "--resume"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=150
+    )
+    assert final.returncode == 0, final.stdout[-2000:] + final.stderr[-3000:]
     records = load_records(experiment, ["augment"])
     assert len(records) == 4 and {r.status for r in records} == {"TERMINATED"}
     assert sorted(r.params["augment"] for r in records) == sorted(STRENGTHS)
-    assert all(r.step == 4 and r.val_acc is not None for r in records)
+    assert all(
+        r.step == 6 and [h["step"] for h in r.history] == [1, 2, 3, 4, 5, 6] for r in records
+    )
     after = _result_lines(experiment)
-    for trial, rows in before.items():
-        # what was reported before the interrupt is still there, unchanged
+    for trial, rows in reported.items():
+        # what was reported before the interrupts is still there, unchanged
         kept = {r["step"]: r["val_acc"] for r in after[trial]}
         assert all(kept[r["step"]] == r["val_acc"] for r in rows)
     plan = json.loads((experiment / "tuning_spec.json").read_text())
-    assert [s["resumed"] for s in plan["sessions"]] == [False, True]
-    report = experiment / "report"
-    rows = list(csv.DictReader((report / "trials.csv").open()))
+    # the SIGKILLed session never got to record itself; the other two did
+    assert [s["resumed"] for s in plan["sessions"]] == [True, True]
+    rows = list(csv.DictReader((experiment / "report" / "trials.csv").open()))
     assert len(rows) == 4 and {r["status"] for r in rows} == {"TERMINATED"}
-    assert "interrupted" not in resumed.stderr
+    assert "unfinished" not in final.stderr
 
 
 @pytest.fixture(scope="module")
@@ -391,9 +385,17 @@ def test_bmssl_delta_search_runs_the_real_trainer(local_ray, tmp_path):
     # a second search under the same name must not clobber the first
     with pytest.raises(UserError, match="--resume"):
         run_search(request)
+    # resuming with other settings is refused, naming what changed
+    changed = {**vars(request), "resume": True, "overrides": {**TINY_BMSSL, "steps": 3}}
+    with pytest.raises(UserError, match="steps: 2 -> 3"):
+        run_search(SearchRequest(**changed))
     # resuming a finished search changes nothing and reruns nothing
     again = run_search(SearchRequest(**{**vars(request), "resume": True}))
     assert [(r.trial_id, r.last) for r in again.records] == [(r.trial_id, r.last) for r in records]
+    # the report can be rebuilt from the directory alone
+    outcome.report.trials_csv.unlink()
+    assert main(["report", str(outcome.experiment_dir)]) == 0
+    assert len(list(csv.DictReader(outcome.report.trials_csv.open()))) == 5
 
 
 @pytest.mark.ray
