@@ -48,6 +48,7 @@ class SimCLRConfig:
     eval_n_way: int = 5
     eval_k_shot: int = 1
     num_train_images: int | None = None
+    device: str = "auto"
     seed: int = 0
 
     def validate(self) -> None:
@@ -124,7 +125,7 @@ class SimCLRTrainer(FewShotValidation, Trainer):
         super().__init__(config, out_dir, progress)
         self.train_set = load_split(config, "train")
         self.val_set = load_split(config, "val")
-        self.encoder = encoder_for(self.train_set, config)
+        self.encoder = encoder_for(self.train_set, config).to(self.device)
         self.views = SSLViews(
             config.augment, self.train_set.image_shape[1], self.train_set.image_shape[0]
         )
@@ -138,7 +139,7 @@ class SimCLRTrainer(FewShotValidation, Trainer):
         images = self.train_set.get_batch(idx.numpy())
         v1, v2 = self.views.pair(images)
         self.encoder.train()
-        z = self.encoder(torch.cat([v1, v2]))
+        z = self.encoder(torch.cat([v1, v2]).to(self.device, non_blocking=True))
         loss = nt_xent(z[: len(idx)], z[len(idx) :], self.config.temperature)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -176,6 +177,7 @@ class ProtoNetConfig:
     eval_n_way: int = 5
     eval_k_shot: int = 1
     num_train_images: int | None = None
+    device: str = "auto"
     seed: int = 0
 
     def validate(self) -> None:
@@ -197,7 +199,7 @@ class ProtoNetTrainer(FewShotValidation, Trainer):
         super().__init__(config, out_dir, progress)
         self.train_set = load_split(config, "train")
         self.val_set = load_split(config, "val")
-        self.encoder = encoder_for(self.train_set, config)
+        self.encoder = encoder_for(self.train_set, config).to(self.device)
         self.optimizer = torch.optim.Adam(self.encoder.backbone.parameters(), lr=config.lr)
         self.n_way = min(config.n_way, self.train_set.num_classes)
         from bmssl.evaluate import check_episode_shape
@@ -211,15 +213,14 @@ class ProtoNetTrainer(FewShotValidation, Trainer):
         seed = int(torch.randint(0, 2**31 - 1, ()).item())  # drawn from the checkpointed torch RNG
         (ep,) = sample_episodes(self.train_set, self.n_way, cfg.k_shot, cfg.n_query, 1, seed)
         self.encoder.train()
-        feats = self.encoder.backbone(
-            self.train_set.get_batch(np.concatenate([ep.support, ep.query]))
-        )
+        images = self.train_set.get_batch(np.concatenate([ep.support, ep.query]))
+        feats = self.encoder.backbone(images.to(self.device))
         s = len(ep.support)
         loss = prototype_cross_entropy(
             feats[:s],
-            torch.as_tensor(ep.support_labels),
+            torch.as_tensor(ep.support_labels, device=self.device),
             feats[s:],
-            torch.as_tensor(ep.query_labels),
+            torch.as_tensor(ep.query_labels, device=self.device),
             self.n_way,
             cfg.tau,
         )

@@ -114,12 +114,21 @@ def sample_episodes(
 def embed_dataset(
     features: Callable[[torch.Tensor], torch.Tensor], dataset: ImageDataset, batch_size: int = 512
 ) -> torch.Tensor:
-    """Features ``[len(dataset), F]`` of every image, computed once in batches."""
+    """Features ``[len(dataset), F]`` (on the CPU) of every image, computed once in batches."""
+    device = module_device(features)
     chunks = []
     for start in range(0, len(dataset), batch_size):
         idx = np.arange(start, min(start + batch_size, len(dataset)))
-        chunks.append(features(dataset.get_batch(idx)).float())
+        chunks.append(features(dataset.get_batch(idx).to(device)).float().cpu())
     return torch.cat(chunks)
+
+
+def module_device(module: object) -> torch.device:
+    """Device of a module's first parameter (CPU for parameter-free callables)."""
+    if isinstance(module, nn.Module):
+        for param in module.parameters():
+            return param.device
+    return torch.device("cpu")
 
 
 def proto_accuracy(feats: torch.Tensor, ep: Episode, n_way: int) -> float:
@@ -154,11 +163,12 @@ def finetune_accuracy(
 ) -> float:
     """Fine-tune a copy of the backbone plus a linear head on the support set, then predict."""
     model = copy.deepcopy(backbone).train()
-    x_s = dataset.get_batch(ep.support)
-    y_s = torch.as_tensor(ep.support_labels)
+    device = module_device(backbone)
+    x_s = dataset.get_batch(ep.support).to(device)
+    y_s = torch.as_tensor(ep.support_labels, device=device)
     with torch.no_grad():
         dim = model(x_s[:1]).shape[1]
-    head = nn.Linear(dim, n_way)
+    head = nn.Linear(dim, n_way).to(device)
     opt = torch.optim.SGD(list(model.parameters()) + list(head.parameters()), lr=lr, momentum=0.9)
     for _ in range(steps):
         opt.zero_grad()
@@ -166,7 +176,7 @@ def finetune_accuracy(
         opt.step()
     model.eval()
     with torch.no_grad():
-        pred = head(model(dataset.get_batch(ep.query))).argmax(1).numpy()
+        pred = head(model(dataset.get_batch(ep.query).to(device))).argmax(1).cpu().numpy()
     return float((pred == ep.query_labels).mean())
 
 

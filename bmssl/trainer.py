@@ -20,7 +20,22 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from bmssl.errors import UserError
 from bmssl.io import load_checkpoint, save_checkpoint, seed_everything, write_json
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` (CUDA when available, else CPU), ``"cpu"`` or ``"cuda[:N]"``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise UserError(f"device={name!r} is not supported; use auto, cpu or cuda[:N]")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device={name!r} was asked for but CUDA is not available; use device=cpu")
+    return torch.device(name)
+
 
 EvalCallback = Callable[[int, dict[str, float], "Path | None"], None]
 
@@ -39,6 +54,7 @@ class Trainer:
         self.progress = progress
         self.step = 0
         self.history: list[dict[str, float]] = []
+        self.device = resolve_device(str(getattr(config, "device", "cpu")))
         seed_everything(int(getattr(config, "seed", 0)))
 
     # -- to implement -------------------------------------------------------------------------
