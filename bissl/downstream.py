@@ -21,6 +21,7 @@ from bissl.metrics import classification_metrics
 from bissl.objectives import downstream_loss
 from bmssl.data import SSLViews
 from bmssl.errors import UserError
+from bmssl.trainer import resolve_device
 
 
 @torch.no_grad()
@@ -141,7 +142,7 @@ def finetune(
     seed = int(config.seed if seed is None else seed)
     if lr <= 0 or wd < 0 or steps < 0:
         raise UserError(f"fine-tune needs lr > 0, wd >= 0, steps >= 0; got {lr}, {wd}, {steps}")
-    device = getattr(config, "device", "cpu")
+    device = str(resolve_device(str(getattr(config, "device", "cpu"))))
     torch.manual_seed(seed)
     model = copy.deepcopy(backbone).to(device)
     out_dim: int = model.out_dim  # type: ignore[assignment]

@@ -130,7 +130,7 @@ class BiSSLConfig:
     eval_every: int = 50
     eval_batch_size: int = 512
     init_from: str | None = None
-    device: str = "cpu"
+    device: str = "auto"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -206,8 +206,8 @@ class BiSSLConfig:
                 "lower_batch_size and pretext_batch_size must be at least 2 (contrastive pairs), "
                 f"got {self.lower_batch_size} and {self.pretext_batch_size}"
             )
-        if self.device != "cpu" and not self.device.startswith("cuda"):
-            raise UserError(f"device={self.device!r} is not supported; use cpu or cuda[:N]")
+        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
+            raise UserError(f"device={self.device!r} is not supported; use auto, cpu or cuda[:N]")
         if self.init_from is not None and not Path(self.init_from).is_file():
             raise UserError(
                 f"init_from={self.init_from!r} does not exist; pass a pretext checkpoint written "
@@ -267,7 +267,6 @@ class BiSSLTrainer(Trainer):
         self.rank, self.world = _dist()
         super().__init__(config, out_dir, progress and self.rank == 0)
         cfg = config
-        self.device = torch.device(cfg.device)
         self.train_set = load_downstream(
             cfg.dataset, cfg.data_root, "train", cfg.image_size, cfg.dataset_options
         )
@@ -295,7 +294,7 @@ class BiSSLTrainer(Trainer):
         elif not self._load_head():
             warmup_head(
                 self.model_d.backbone, self.model_d.head, self.train_set, self.train_labels,
-                cfg.head_warmup_steps, cfg.head_warmup_lr, cfg.batch_size, cfg.seed, cfg.device,
+                cfg.head_warmup_steps, cfg.head_warmup_lr, cfg.batch_size, cfg.seed, str(self.device),
             )  # fmt: skip
         if self.world > 1:
             for tensor in list(self.encoder_p.state_dict().values()) + list(
@@ -460,8 +459,8 @@ class BiSSLTrainer(Trainer):
         """Val metrics (percent) of head_D∘backbone_P (``val_*``) and of model_D (``val_d_*``)."""
         cfg = self.config
         composite = nn.Sequential(self.encoder_p.backbone, self.model_d.head)
-        mine = evaluate(composite, self.val_set, None, cfg.eval_batch_size, cfg.device)
-        theirs = evaluate(self.model_d, self.val_set, None, cfg.eval_batch_size, cfg.device)
+        mine = evaluate(composite, self.val_set, None, cfg.eval_batch_size, str(self.device))
+        theirs = evaluate(self.model_d, self.val_set, None, cfg.eval_batch_size, str(self.device))
         out = {f"val_{k}": v for k, v in mine.items()}
         out.update({f"val_d_{k}": v for k, v in theirs.items()})
         out["val_acc"] = headline(mine, self.multilabel)
