@@ -26,8 +26,8 @@ from bmssl.trainer import Trainer
 
 
 @dataclass
-class SimCLRConfig:
-    """SimCLR pre-training on a dataset's (few-shot) training split."""
+class RunConfig:
+    """Fields every encoder pre-training method shares: data, network, budget, validation, seed."""
 
     dataset: str = "glyphs"
     data_root: str | None = None
@@ -37,27 +37,44 @@ class SimCLRConfig:
     bn: str = "track"
     proj_hidden: int = 128
     proj_dim: int = 64
-    batch_size: int = 128
-    temperature: float = 0.5
-    lr: float = 1e-3
-    weight_decay: float = 1e-6
-    augment: str = "default"
     steps: int = 300
     eval_every: int = 100
     eval_episodes: int = 200
     eval_n_way: int = 5
     eval_k_shot: int = 1
-    num_train_images: int | None = None
+    num_train_images: int | None = None  # None = the whole training split
     device: str = "auto"
     seed: int = 0
 
     def validate(self) -> None:
+        """Raise :class:`UserError` naming the first bad value and how to fix it."""
         check_choice("backbone", self.backbone, BACKBONES)
         check_choice("bn", self.bn, BN_POLICIES)
+        for name in ("image_size", "width", "proj_hidden", "proj_dim", "steps", "eval_episodes"):
+            check_positive(name, getattr(self, name))
+        check_positive("eval_k_shot", self.eval_k_shot)
+        if self.eval_n_way < 2:
+            raise UserError(f"eval_n_way must be at least 2 to classify, got {self.eval_n_way}")
+        if self.eval_every < 0:
+            raise UserError(f"eval_every must be >= 0 (0 = only at the end), got {self.eval_every}")
+
+
+@dataclass
+class SimCLRConfig(RunConfig):
+    """SimCLR pre-training on a dataset's (few-shot) training split."""
+
+    batch_size: int = 128
+    temperature: float = 0.5
+    lr: float = 1e-3
+    weight_decay: float = 1e-6
+    augment: str = "default"
+
+    def validate(self) -> None:
+        super().validate()
         from bmssl.data.views import STRENGTHS
 
         check_choice("augment", self.augment, STRENGTHS)
-        for name in ("lr", "temperature", "batch_size", "steps", "width", "image_size"):
+        for name in ("lr", "temperature", "batch_size"):
             check_positive(name, getattr(self, name))
         if self.batch_size < 2:
             raise UserError(
@@ -155,35 +172,18 @@ class SimCLRTrainer(FewShotValidation, Trainer):
 
 
 @dataclass
-class ProtoNetConfig:
+class ProtoNetConfig(RunConfig):
     """Supervised prototypical network on the labelled training classes (an upper bound)."""
 
-    dataset: str = "glyphs"
-    data_root: str | None = None
-    image_size: int = 28
-    backbone: str = "conv4"
-    width: int = 32
-    bn: str = "track"
-    proj_hidden: int = 128
-    proj_dim: int = 64
     n_way: int = 20
     k_shot: int = 1
     n_query: int = 5
     tau: float = 0.1
     lr: float = 1e-3
-    steps: int = 300
-    eval_every: int = 100
-    eval_episodes: int = 200
-    eval_n_way: int = 5
-    eval_k_shot: int = 1
-    num_train_images: int | None = None
-    device: str = "auto"
-    seed: int = 0
 
     def validate(self) -> None:
-        check_choice("backbone", self.backbone, BACKBONES)
-        check_choice("bn", self.bn, BN_POLICIES)
-        for name in ("lr", "tau", "n_way", "k_shot", "n_query", "steps"):
+        super().validate()
+        for name in ("lr", "tau", "n_way", "k_shot", "n_query"):
             check_positive(name, getattr(self, name))
 
 
