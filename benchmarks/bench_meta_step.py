@@ -1,0 +1,290 @@
+"""Time and peak memory of one BMSSL meta-iteration per backend, against a plain SimCLR step.
+
+In one process, on one meta-batch of B tasks, for every inner-loop length L:
+
+- ``higher``          higher.innerloop_ctx, task by task (second order, then first order);
+- ``func-loop``       torch.func.grad per task;
+- ``func-vmap``       torch.func.grad of torch.func.vmap over the B tasks;
+- ``simclr``          NT-Xent forward + backward on two views of the same B·N images.
+
+A "meta-iteration" is the meta-gradient (the outer Adam step is the same for every variant and
+negligible). Time: median of ``--repeats`` runs after a warm-up, both wall and CPU (process)
+time; by default one intra-op thread and ratios of CPU time, which neighbours on a shared
+machine disturb far less than wall time (``--clock wall --threads 2`` for the other view).
+Peak memory: the largest net CPU allocation during one run, from the PyTorch profiler's memory
+events. Every variant's gradient is checked against ``higher`` of the same order.
+
+    python benchmarks/bench_meta_step.py                # L in {1, 5, 10}, B = 8
+    python benchmarks/bench_meta_step.py --quick        # a smoke run
+
+Writes ``benchmarks/results/meta_step.json`` (git-ignored) and prints a ratio table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bmssl.baselines import encoder_for, load_split  # noqa: E402
+from bmssl.errors import cli_entry  # noqa: E402
+from bmssl.io import seed_everything, write_json  # noqa: E402
+from bmssl.losses import nt_xent  # noqa: E402
+from bmssl.meta import BMSSLConfig, meta_gradient, model_for_backend  # noqa: E402
+from bmssl.tasks import TaskBatch, TaskSampler  # noqa: E402
+
+VARIANTS = (
+    ("higher", "higher", False),
+    ("func-loop", "func", False),
+    ("func-vmap", "func", True),
+)
+
+
+def peak_bytes(fn: Callable[[], object]) -> int:
+    """Largest net CPU allocation (bytes above the start) while ``fn`` runs.
+
+    Op events carry the memory they allocated net of their children; ``[memory]`` events are
+    frees outside ops. Their running sum in time order is the allocated total.
+    """
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    deltas = []
+    for event in prof.events():
+        delta = event.cpu_memory_usage if event.name == "[memory]" else event.self_cpu_memory_usage
+        if delta:
+            deltas.append((event.time_range.start, delta))
+    current = peak = 0
+    for _, delta in sorted(deltas):
+        current += delta
+        peak = max(peak, current)
+    return int(peak)
+
+
+def timed(fn: Callable[[], object], repeats: int) -> dict[str, float | list[float]]:
+    """Median wall and CPU (process) seconds of ``fn`` over ``repeats`` runs after a warm-up.
+
+    On a shared machine wall time mostly measures the neighbours; single-threaded CPU time is
+    what the run itself costs, so ratios use it by default (``--clock``).
+    """
+    fn()  # warm-up: allocator, monkey-patching caches, vmap rule lookup
+    wall, cpu = [], []
+    for _ in range(repeats):
+        w, c = time.perf_counter(), time.process_time()
+        fn()
+        cpu.append(time.process_time() - c)
+        wall.append(time.perf_counter() - w)
+    return {
+        "wall_s": statistics.median(wall),
+        "cpu_s": statistics.median(cpu),
+        "wall_times_s": wall,
+        "cpu_times_s": cpu,
+    }
+
+
+def simclr_step(encoder: torch.nn.Module, batch: TaskBatch) -> Callable[[], object]:
+    """NT-Xent on support views 0 and 1 of the batch's B·N images (forward + backward)."""
+    n, k = batch.n_way, batch.k_support
+    views = batch.support.reshape(len(batch), n, k, *batch.support.shape[2:])
+    v1 = views[:, :, 0].reshape(-1, *views.shape[3:])
+    v2 = views[:, :, 1 % k].reshape(-1, *views.shape[3:])
+    params = list(encoder.parameters())
+
+    def run() -> object:
+        z = encoder(torch.cat([v1, v2]))
+        loss = nt_xent(z[: len(v1)], z[len(v1) :], 0.5)
+        return torch.autograd.grad(loss, params)
+
+    return run
+
+
+def max_rel_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    scale = max(float(v.abs().max()) for v in b.values()) or 1.0
+    return max(float((a[n] - b[n]).abs().max()) for n in b) / scale
+
+
+def run(args: argparse.Namespace) -> dict:
+    seed_everything(args.seed)
+    base = BMSSLConfig(
+        dataset=args.dataset,
+        width=args.width,
+        n_way=args.n_way,
+        k_support=args.k_support,
+        q_query=args.q_query,
+        meta_batch=args.tasks,
+        bootstrap_steps=args.delta,
+        inner_lr=args.inner_lr,
+        seed=args.seed,
+    )
+    base.validate()
+    data = load_split(base, "train")
+    encoder = encoder_for(data, base).train()
+    batch = TaskSampler(
+        data, base.n_way, base.k_support, base.q_query, base.meta_batch, base.augment, args.seed
+    ).sample(0)
+    params = dict(encoder.named_parameters())
+    # Gradient equality is checked in float64, where rounding cannot hide a real difference
+    # (float32 second-order unrolls amplify rounding; those differences are reported too).
+    encoder64 = copy.deepcopy(encoder).double()
+    params64 = dict(encoder64.named_parameters())
+    batch64 = batch.to(torch.float64)
+    rows = []
+    for steps in args.inner_steps:
+        for first_order in (False, True):
+            reference = reference64 = None
+            for name, backend, vmap in VARIANTS:
+                cfg = dataclasses.replace(
+                    base, inner_steps=steps, backend=backend, vmap=vmap, first_order=first_order
+                )
+                model = model_for_backend(encoder, backend)
+
+                def step(cfg: BMSSLConfig = cfg, model: torch.nn.Module = model):
+                    return meta_gradient(params, model, batch, cfg)
+
+                result = step()
+                exact = meta_gradient(
+                    params64, model_for_backend(encoder64, backend), batch64, cfg
+                ).grads
+                if reference is None:
+                    reference, reference64 = result.grads, exact
+                timing = timed(step, args.repeats)
+                rows.append(
+                    {
+                        "variant": name,
+                        "order": "first" if first_order else "second",
+                        "L": steps,
+                        **timing,
+                        "peak_mb": peak_bytes(step) / 2**20,
+                        "grad_rel_diff_vs_higher": max_rel_diff(result.grads, reference),
+                        "grad_rel_diff_vs_higher_f64": max_rel_diff(exact, reference64),
+                    }
+                )
+                print(
+                    f"  {name:10s} {rows[-1]['order']:6s} L={steps:2d} "
+                    f"wall {timing['wall_s']:7.3f}s cpu {timing['cpu_s']:7.3f}s",
+                    flush=True,
+                )
+    simclr = simclr_step(encoder, batch)
+    rows.append(
+        {
+            "variant": "simclr",
+            "order": "-",
+            "L": 0,
+            **timed(simclr, args.repeats),
+            "peak_mb": peak_bytes(simclr) / 2**20,
+            "grad_rel_diff_vs_higher": 0.0,
+            "grad_rel_diff_vs_higher_f64": 0.0,
+        }
+    )
+    return {
+        "setup": {
+            "dataset": args.dataset,
+            "tasks_B": args.tasks,
+            "n_way": args.n_way,
+            "k_support": args.k_support,
+            "q_query": args.q_query,
+            "bootstrap_steps": args.delta,
+            "inner_lr": args.inner_lr,
+            "width": args.width,
+            "repeats": args.repeats,
+            "clock": args.clock,
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "machine": platform.processor() or platform.machine(),
+        },
+        "rows": rows,
+    }
+
+
+def table(report: dict) -> str:
+    """Readable table: time and memory per variant, with ratios to ``higher`` and to SimCLR."""
+    rows = report["rows"]
+    clock = "cpu_s" if report["setup"]["clock"] == "cpu" else "wall_s"
+    simclr = next(r for r in rows if r["variant"] == "simclr")
+    key = {(r["variant"], r["order"], r["L"]): r for r in rows}
+    lines = [
+        f"{'variant':10s} {'order':6s} {'L':>3s} {clock:>8s} {'x higher':>9s} "
+        f"{'x simclr':>9s} {'peak MB':>8s} {'diff f64':>9s} {'diff f32':>9s}"
+    ]
+    for r in rows:
+        if r["variant"] == "simclr":
+            continue
+        ref = key[("higher", r["order"], r["L"])]
+        lines.append(
+            f"{r['variant']:10s} {r['order']:6s} {r['L']:3d} {r[clock]:8.3f} "
+            f"{ref[clock] / r[clock]:8.2f}x {r[clock] / simclr[clock]:8.1f}x "
+            f"{r['peak_mb']:8.1f} {r['grad_rel_diff_vs_higher_f64']:9.1e} "
+            f"{r['grad_rel_diff_vs_higher']:9.1e}"
+        )
+    lines.append(
+        f"{'simclr':10s} {'-':6s} {'-':>3s} {simclr[clock]:8.3f} {'':9s} {1.0:8.1f}x "
+        f"{simclr['peak_mb']:8.1f}"
+    )
+    lines.append(
+        "x higher = higher's time / this time (above 1: faster); diff = max |g - g_higher| / "
+        "max |g_higher| of the meta-gradient in float64 and float32"
+    )
+    lengths = sorted({r["L"] for r in rows if r["variant"] != "simclr"})
+    for name, _, _ in VARIANTS:
+        for order in ("second", "first"):
+            mem = [key[(name, order, L)]["peak_mb"] for L in lengths]
+            if len(mem) > 1 and mem[0] > 0:
+                growth = ", ".join(f"{m:.0f}" for m in mem)
+                lines.append(
+                    f"{name} {order}-order peak MB at L = {lengths}: {growth} "
+                    f"(x{mem[-1] / mem[0]:.2f} from L={lengths[0]} to L={lengths[-1]})"
+                )
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--dataset", default="digits")
+    parser.add_argument("--tasks", type=int, default=8, help="B, tasks per meta-batch")
+    parser.add_argument("--n-way", type=int, default=10)
+    parser.add_argument("--k-support", type=int, default=2)
+    parser.add_argument("--q-query", type=int, default=2)
+    parser.add_argument("--delta", type=int, default=1, help="bootstrap steps δ")
+    parser.add_argument("--width", type=int, default=32)
+    parser.add_argument("--inner-lr", type=float, default=BMSSLConfig.inner_lr, help="α")
+    parser.add_argument("--inner-steps", type=int, nargs="+", default=[1, 5, 10])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument(
+        "--clock", choices=("cpu", "wall"), default="cpu", help="which median the ratios use"
+    )
+    parser.add_argument("--quick", action="store_true", help="tiny smoke run (L=1,2; 1 repeat)")
+    parser.add_argument(
+        "--out", type=Path, default=ROOT / "benchmarks" / "results" / "meta_step.json"
+    )
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.inner_steps, args.repeats, args.tasks, args.width = [1, 2], 1, 2, 8
+    return args
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    report = run(args)
+    write_json(args.out, report)
+    print(table(report))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

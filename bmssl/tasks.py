@@ -1,0 +1,178 @@
+"""Task reconstruction from unlabeled images (BMSSL step 1).
+
+A task draws N distinct unlabeled images and makes K support and Q query views of each with the
+SSL augmentation; the image's position ``0..N-1`` in the task is its pseudo-label. A meta-batch
+stacks B such tasks. Support rows are class-major: row ``c·K + k`` is view k of image c (queries
+likewise with Q), so labels are ``arange(N).repeat_interleave(K)``.
+
+Sampling is a pure function of ``(seed, step)``: image choice uses a NumPy generator seeded with
+both, augmentation runs under a forked torch RNG seeded from it, so the global RNG is untouched
+and a resumed run sees the same tasks as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from bmssl.data.base import ImageDataset
+from bmssl.data.views import SSLViews
+from bmssl.errors import UserError
+
+
+@dataclass(frozen=True)
+class Task:
+    """One task: ``support [N·K, C, H, W]`` and ``query [N·Q, C, H, W]`` views, class-major."""
+
+    support: torch.Tensor
+    query: torch.Tensor
+    n_way: int
+    k_support: int
+    q_query: int
+
+    @property
+    def support_labels(self) -> torch.Tensor:
+        """Pseudo-labels ``[N·K]``: the image index of each support view."""
+        return torch.arange(self.n_way, device=self.support.device).repeat_interleave(
+            self.k_support
+        )
+
+    @property
+    def query_labels(self) -> torch.Tensor:
+        """Pseudo-labels ``[N·Q]``: the image index of each query view."""
+        return torch.arange(self.n_way, device=self.query.device).repeat_interleave(self.q_query)
+
+
+@dataclass(frozen=True)
+class TaskBatch:
+    """B tasks stacked: ``support [B, N·K, C, H, W]``, ``query [B, N·Q, C, H, W]``.
+
+    ``image_indices [B, N]`` are the dataset items each task was built from (for inspection).
+    """
+
+    support: torch.Tensor
+    query: torch.Tensor
+    n_way: int
+    k_support: int
+    q_query: int
+    image_indices: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.support.shape[0])
+
+    def __getitem__(self, b: int) -> Task:
+        return Task(self.support[b], self.query[b], self.n_way, self.k_support, self.q_query)
+
+    def tasks(self) -> Iterator[Task]:
+        """The B tasks one by one."""
+        for b in range(len(self)):
+            yield self[b]
+
+    @property
+    def support_labels(self) -> torch.Tensor:
+        """``[N·K]``, shared by every task of the batch."""
+        return self[0].support_labels
+
+    @property
+    def query_labels(self) -> torch.Tensor:
+        """``[N·Q]``, shared by every task of the batch."""
+        return self[0].query_labels
+
+    def to(self, *args, **kwargs) -> TaskBatch:
+        """Views moved/cast like ``Tensor.to`` (e.g. ``.to(torch.float64)`` for exact tests)."""
+        return TaskBatch(
+            self.support.to(*args, **kwargs),
+            self.query.to(*args, **kwargs),
+            self.n_way,
+            self.k_support,
+            self.q_query,
+            self.image_indices,
+        )
+
+
+def reconstruct_tasks(
+    images: torch.Tensor, views: SSLViews, k_support: int, q_query: int
+) -> TaskBatch:
+    """Tasks from ``images [B, N, C, H, W]``: K + Q independent views of every image.
+
+    Augmentation draws from torch's global RNG; :class:`TaskSampler` forks and seeds it.
+    """
+    if images.dim() != 5:
+        raise ValueError(f"images must be [B, N, C, H, W], got {tuple(images.shape)}")
+    b, n, *chw = images.shape
+    v = views.repeat(images.reshape(b * n, *chw), k_support + q_query)  # [B·N, K+Q, C, H, W]
+    v = v.reshape(b, n, k_support + q_query, *chw)
+    support = v[:, :, :k_support].reshape(b, n * k_support, *chw)
+    query = v[:, :, k_support:].reshape(b, n * q_query, *chw)
+    return TaskBatch(
+        support.contiguous(),
+        query.contiguous(),
+        n,
+        k_support,
+        q_query,
+        torch.full((b, n), -1, dtype=torch.long),
+    )
+
+
+class TaskSampler:
+    """Seeded meta-batches of reconstructed tasks from an (unlabeled) image dataset.
+
+    ``sample(step)`` returns B tasks of N distinct images each (images may recur across tasks),
+    K support and Q query views per image; the same ``(seed, step)`` gives the same tensors.
+    """
+
+    def __init__(
+        self,
+        dataset: ImageDataset,
+        n_way: int,
+        k_support: int,
+        q_query: int,
+        meta_batch: int,
+        augment: str = "default",
+        seed: int = 0,
+    ) -> None:
+        for name, value in (
+            ("n_way", n_way),
+            ("k_support", k_support),
+            ("q_query", q_query),
+            ("meta_batch", meta_batch),
+        ):
+            if value < 1:
+                raise UserError(f"{name} must be at least 1, got {value}")
+        self.dataset = dataset
+        self.n_way, self.k_support, self.q_query = n_way, k_support, q_query
+        self.meta_batch = meta_batch
+        self.seed = seed
+        if len(dataset) < n_way:
+            raise UserError(
+                f"n_way={n_way} needs that many distinct images per task but the dataset has "
+                f"only {len(dataset)}; lower n_way or raise num_train_images"
+            )
+        channels, height, _ = dataset.image_shape
+        self.views = SSLViews(augment, height, channels)
+
+    def sample(self, step: int) -> TaskBatch:
+        """Meta-batch number ``step`` (deterministic in ``(seed, step)``)."""
+        rng = np.random.default_rng([self.seed, step])
+        chosen = np.stack(
+            [
+                rng.choice(len(self.dataset), size=self.n_way, replace=False)
+                for _ in range(self.meta_batch)
+            ]
+        )  # [B, N]
+        images = self.dataset.get_batch(chosen.reshape(-1))
+        images = images.reshape(self.meta_batch, self.n_way, *images.shape[1:])
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(rng.integers(2**62)))
+            batch = reconstruct_tasks(images, self.views, self.k_support, self.q_query)
+        return TaskBatch(
+            batch.support,
+            batch.query,
+            batch.n_way,
+            batch.k_support,
+            batch.q_query,
+            torch.from_numpy(chosen),
+        )
