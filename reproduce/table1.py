@@ -93,6 +93,7 @@ class Profile:
     model: dict[str, Any]
     datasets: dict[str, dict[str, Any]]
     method_overrides: dict[str, dict[str, Any]]
+    threads: int | None = None
 
     def cells(self, dataset: str) -> list[tuple[int, int]]:
         out = []
@@ -126,6 +127,7 @@ def load_profile(name_or_path: str) -> Profile:
         model=dict(raw.get("model", {})),
         datasets=dict(raw.get("datasets", {})),
         method_overrides=dict(raw.get("method_overrides", {}) or {}),
+        threads=int(raw["threads"]) if raw.get("threads") else None,
     )
 
 
@@ -245,6 +247,10 @@ def main(argv: list[str] | None = None) -> Table:
     args = parse_args(argv)
     started = time.perf_counter()
     profile, methods, datasets, roots = plan(args)
+    if profile.threads:
+        import torch
+
+        torch.set_num_threads(profile.threads)
     out = Path(args.out) / profile.name
     cache = CellCache(out)
     progress = not args.quiet
