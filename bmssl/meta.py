@@ -422,7 +422,7 @@ class BMSSLTrainer(FewShotValidation, Trainer):
     def train_step(self, step: int) -> dict[str, float]:
         batch = self.sampler.sample(step)
         self.encoder.train()
-        params = dict(self.encoder.named_parameters())
+        params: dict[str, torch.Tensor] = dict(self.encoder.named_parameters())
         result = meta_gradient(params, self._model, batch, self.config)
         self.optimizer.zero_grad(set_to_none=True)
         for name, p in params.items():
