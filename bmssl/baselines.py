@@ -117,6 +117,13 @@ class FewShotValidation:
     config: Any
     encoder: Encoder
     val_set: ImageDataset
+    device: torch.device
+
+    def build_data_and_encoder(self) -> None:
+        """Load the train/val splits and the encoder sized for them, on ``self.device``."""
+        self.train_set = load_split(self.config, "train")
+        self.val_set = load_split(self.config, "val")
+        self.encoder = encoder_for(self.train_set, self.config).to(self.device)
 
     def validate(self) -> dict[str, float]:
         result = evaluate_fewshot(
@@ -140,9 +147,7 @@ class SimCLRTrainer(FewShotValidation, Trainer):
     ) -> None:
         config.validate()
         super().__init__(config, out_dir, progress)
-        self.train_set = load_split(config, "train")
-        self.val_set = load_split(config, "val")
-        self.encoder = encoder_for(self.train_set, config).to(self.device)
+        self.build_data_and_encoder()
         self.views = SSLViews(
             config.augment, self.train_set.image_shape[1], self.train_set.image_shape[0]
         )
@@ -197,9 +202,7 @@ class ProtoNetTrainer(FewShotValidation, Trainer):
     ) -> None:
         config.validate()
         super().__init__(config, out_dir, progress)
-        self.train_set = load_split(config, "train")
-        self.val_set = load_split(config, "val")
-        self.encoder = encoder_for(self.train_set, config).to(self.device)
+        self.build_data_and_encoder()
         self.optimizer = torch.optim.Adam(self.encoder.backbone.parameters(), lr=config.lr)
         self.n_way = min(config.n_way, self.train_set.num_classes)
         from bmssl.evaluate import check_episode_shape
