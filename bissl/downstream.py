@@ -48,9 +48,13 @@ def evaluate(
     batch_size: int = 512,
     device: str = "cpu",
 ) -> dict[str, float]:
-    """``top1``, ``top5`` (and ``map11``/``map`` for multi-label sets), in percent."""
+    """``top1``, ``top5`` (and ``map11``/``map`` for multi-label sets), in percent.
+
+    A dataset with a ``difficult_matrix`` (VOC) has those image-class pairs left out of the mAP.
+    """
     labels = label_tensor(dataset) if labels is None else labels
-    return classification_metrics(predict(model, dataset, batch_size, device), labels)
+    ignore = getattr(dataset, "difficult_matrix", None)
+    return classification_metrics(predict(model, dataset, batch_size, device), labels, ignore)
 
 
 def headline(metrics: dict[str, float], multilabel: bool) -> float:

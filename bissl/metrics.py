@@ -65,12 +65,16 @@ def voc11_average_precision(scores: ArrayLike, labels: ArrayLike) -> float:
 
 
 def mean_average_precision(
-    scores: ArrayLike, targets: ArrayLike, eleven_point: bool = True
+    scores: ArrayLike,
+    targets: ArrayLike,
+    eleven_point: bool = True,
+    ignore: ArrayLike | None = None,
 ) -> float:
     """Mean over classes (with at least one positive) of the AP, in percent.
 
     ``eleven_point`` uses :func:`voc11_average_precision` (VOC 2007); otherwise scikit-learn's
-    non-interpolated ``average_precision_score``.
+    non-interpolated ``average_precision_score``. ``ignore`` (``bool [N, C]``) leaves image-class
+    pairs out of that class's ranking, as the VOC devkit does with its "difficult" (0) entries.
     """
     from sklearn.metrics import average_precision_score
 
@@ -80,24 +84,34 @@ def mean_average_precision(
         raise ValueError(
             f"scores and multi-hot targets must both be [N, C], got {s.shape}, {t.shape}"
         )
+    skip = np.zeros(s.shape, dtype=bool) if ignore is None else _np(ignore).astype(bool)
+    if skip.shape != s.shape:
+        raise ValueError(f"ignore must be [N, C] like the scores {s.shape}, got {skip.shape}")
     aps = []
     for c in range(s.shape[1]):
-        if not (t[:, c] > 0.5).any():
+        keep = ~skip[:, c]
+        positive = t[keep, c] > 0.5
+        if not positive.any():
             continue
         if eleven_point:
-            aps.append(voc11_average_precision(s[:, c], t[:, c] > 0.5))
+            aps.append(voc11_average_precision(s[keep, c], positive))
         else:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                aps.append(float(average_precision_score(t[:, c] > 0.5, s[:, c])))
+                aps.append(float(average_precision_score(positive, s[keep, c])))
     return 100.0 * float(np.mean(aps)) if aps else float("nan")
 
 
-def classification_metrics(logits: ArrayLike, targets: ArrayLike) -> dict[str, float]:
-    """``top1``, ``top5`` (and ``map11`` and ``map`` for multi-hot targets), all in percent."""
+def classification_metrics(
+    logits: ArrayLike, targets: ArrayLike, ignore: ArrayLike | None = None
+) -> dict[str, float]:
+    """``top1``, ``top5`` (and ``map11`` and ``map`` for multi-hot targets), all in percent.
+
+    ``ignore`` (``bool [N, C]``, multi-hot only) is passed to :func:`mean_average_precision`.
+    """
     t = _np(targets)
     out = {"top1": topk_accuracy(logits, t, 1), "top5": topk_accuracy(logits, t, 5)}
     if t.ndim == 2:
-        out["map11"] = mean_average_precision(logits, t, eleven_point=True)
-        out["map"] = mean_average_precision(logits, t, eleven_point=False)
+        out["map11"] = mean_average_precision(logits, t, eleven_point=True, ignore=ignore)
+        out["map"] = mean_average_precision(logits, t, eleven_point=False, ignore=ignore)
     return {k: (v if math.isfinite(v) else float("nan")) for k, v in out.items()}

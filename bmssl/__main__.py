@@ -70,6 +70,7 @@ def _eval(args: argparse.Namespace) -> dict:
     from bmssl.evaluate import evaluate_fewshot
     from bmssl.io import load_checkpoint, write_json
     from bmssl.meta import BMSSLConfig
+    from bmssl.trainer import resolve_device
 
     path = args.checkpoint if args.checkpoint is not None else args.out / "checkpoints" / "last.pt"
     if not path.is_file():
@@ -84,6 +85,7 @@ def _eval(args: argparse.Namespace) -> dict:
     data = load_split(config, args.split)
     encoder = encoder_for(data, config)
     encoder.load_state_dict(state["trainer"]["encoder"])
+    encoder.to(resolve_device(config.device))
     result = evaluate_fewshot(
         encoder.backbone,
         data,

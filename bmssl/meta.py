@@ -78,6 +78,7 @@ class BMSSLConfig:
     eval_episodes: int = 200
     eval_n_way: int = 5
     eval_k_shot: int = 1
+    device: str = "auto"  # "auto" (CUDA when available) | "cpu" | "cuda[:N]"
     seed: int = 0
 
     def validate(self) -> None:
@@ -404,7 +405,7 @@ class BMSSLTrainer(FewShotValidation, Trainer):
         super().__init__(config, out_dir, progress)
         self.train_set = load_split(config, "train")
         self.val_set = load_split(config, "val")
-        self.encoder: Encoder = encoder_for(self.train_set, config)
+        self.encoder: Encoder = encoder_for(self.train_set, config).to(self.device)
         self.sampler = TaskSampler(
             self.train_set,
             config.n_way,
@@ -420,7 +421,8 @@ class BMSSLTrainer(FewShotValidation, Trainer):
         self._model = model_for_backend(self.encoder, config.backend)
 
     def train_step(self, step: int) -> dict[str, float]:
-        batch = self.sampler.sample(step)
+        # Views are made on the CPU (the sampler's RNG stream must not depend on the device).
+        batch = self.sampler.sample(step).to(self.device, non_blocking=True)
         self.encoder.train()
         params: dict[str, torch.Tensor] = dict(self.encoder.named_parameters())
         result = meta_gradient(params, self._model, batch, self.config)
@@ -450,7 +452,7 @@ class BMSSLTrainer(FewShotValidation, Trainer):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         saved = state.get("config", {})
         # steps and evaluation settings may change on resume (train longer); the rest may not.
-        free = {"steps", "eval_every", "eval_episodes"}
+        free = {"steps", "eval_every", "eval_episodes", "device"}
         now = dataclasses.asdict(self.config)
         changed = sorted(k for k in saved if k not in free and saved[k] != now.get(k))
         if changed:

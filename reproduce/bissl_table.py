@@ -31,7 +31,13 @@ import yaml
 
 from bmssl.config import config_from_dict
 from bmssl.errors import UserError, cli_entry
-from reproduce.tables import CellCache, Table, parse_key_values
+from reproduce.tables import (
+    CellCache,
+    Table,
+    parse_key_values,
+    prepare_run_dir,
+    settings_fingerprint,
+)
 
 HERE = Path(__file__).resolve().parent
 CONFIGS = HERE / "configs"
@@ -215,14 +221,12 @@ def main(argv: list[str] | None = None) -> Table:
     for dataset, seed, method in bar:
         bar.set_postfix_str(f"{method} on {dataset}, seed {seed}")
         column = f"{dataset}__seed{seed}"
-        if not args.fresh and cache.get(method, column) is not None:
-            continue
         config = cell_config(profile, dataset, seed, roots)
+        settings = settings_fingerprint(config)
+        if not args.fresh and cache.get(method, column, settings) is not None:
+            continue
         run_dir = out / "runs" / dataset / method / f"seed{seed}"
-        if args.fresh and run_dir.exists():
-            import shutil
-
-            shutil.rmtree(run_dir)
+        prepare_run_dir(run_dir, settings, args.fresh)
         metrics = run_method(method, config, run_dir, progress, pretext_cache=out / "pretext")
         cache.put(
             method,
@@ -231,6 +235,7 @@ def main(argv: list[str] | None = None) -> Table:
                 "method": method, "dataset": dataset, "seed": seed, "metrics": metrics,
                 "config": dataclasses.asdict(config),
             },
+            settings,
         )  # fmt: skip
     bar.close()
 
@@ -242,7 +247,11 @@ def main(argv: list[str] | None = None) -> Table:
                 col = f"{dataset} {METRIC_NAMES[key]}"
                 vals = []
                 for seed in profile.seeds:
-                    cell = cache.get(method, f"{dataset}__seed{seed}")
+                    cell = cache.get(
+                        method,
+                        f"{dataset}__seed{seed}",
+                        settings_fingerprint(cell_config(profile, dataset, seed, roots)),
+                    )
                     assert cell is not None
                     vals.append(float(cell["metrics"].get(f"test_{key}", float("nan"))))
                 per_seed.setdefault(method, {})[col] = vals

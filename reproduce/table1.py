@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import re
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +32,15 @@ from bmssl.config import config_from_dict, load_config
 from bmssl.data import get_dataset
 from bmssl.errors import UserError, cli_entry
 from bmssl.evaluate import CLASSIFIERS, check_episode_shape, evaluate_fewshot
-from reproduce.tables import CellCache, Table, format_mean_ci, parse_key_values
+from reproduce.tables import (
+    CellCache,
+    Table,
+    fingerprint,
+    format_mean_ci,
+    parse_key_values,
+    prepare_run_dir,
+    settings_fingerprint,
+)
 
 HERE = Path(__file__).resolve().parent
 CONFIGS = HERE / "configs"
@@ -94,6 +104,7 @@ class Profile:
     datasets: dict[str, dict[str, Any]]
     method_overrides: dict[str, dict[str, Any]]
     threads: int | None = None
+    jobs: int = 1
 
     def cells(self, dataset: str) -> list[tuple[int, int]]:
         out = []
@@ -128,6 +139,7 @@ def load_profile(name_or_path: str) -> Profile:
         datasets=dict(raw.get("datasets", {})),
         method_overrides=dict(raw.get("method_overrides", {}) or {}),
         threads=int(raw["threads"]) if raw.get("threads") else None,
+        jobs=int(raw.get("jobs", 1)),
     )
 
 
@@ -178,6 +190,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--fresh", action="store_true", help="ignore cached cells and trained models"
     )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="train this many (method, dataset) pairs at once in worker processes "
+        "(default: the profile's jobs, at most the CPU count; 1 = in this process)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser.parse_args(argv)
 
@@ -191,6 +210,10 @@ def plan(args: argparse.Namespace) -> tuple[Profile, list[str], list[str], dict[
         profile.episodes = args.episodes
     if args.classifier:
         profile.classifier = args.classifier
+    if args.jobs is None:
+        args.jobs = max(1, min(profile.jobs, os.cpu_count() or 1))
+    elif args.jobs < 1:
+        raise UserError(f"--jobs must be at least 1, got {args.jobs}")
     methods = args.methods.split(",") if args.methods else profile.methods
     for m in methods:
         if m not in METHODS:
@@ -213,7 +236,7 @@ def plan(args: argparse.Namespace) -> tuple[Profile, list[str], list[str], dict[
     return profile, methods, datasets, roots
 
 
-def train_or_load(method: str, config: Any, run_dir: Path, fresh: bool, progress: bool) -> Any:
+def train_or_load(method: str, config: Any, run_dir: Path, progress: bool) -> Any:
     """The trained backbone of ``method`` (resuming or reusing ``run_dir``'s checkpoint)."""
     spec = METHODS[method]
     if spec.kind == "untrained":
@@ -221,13 +244,83 @@ def train_or_load(method: str, config: Any, run_dir: Path, fresh: bool, progress
 
         return random_init_encoder(config).backbone
     _, trainer_cls = trainer_classes(spec.kind)
-    if fresh and run_dir.exists():
-        import shutil
-
-        shutil.rmtree(run_dir)
     trainer = trainer_cls(config, out_dir=run_dir, progress=progress)
     trainer.fit()
     return trainer.encoder.backbone
+
+
+@dataclass(frozen=True)
+class Job:
+    """Train (or reload) one method on one dataset, then evaluate its unfinished cells.
+
+    Picklable, so that ``--jobs N`` can run it in a worker process.
+    """
+
+    method: str
+    dataset: str
+    config: Any
+    run_dir: Path
+    cells: tuple[tuple[int, int], ...]
+    n_query: int
+    episodes: int
+    classifier: str
+    seed: int
+    threads: int | None
+    progress: bool
+
+    @property
+    def cost(self) -> int:
+        """Rough training cost rank, so that a pool starts the long jobs first."""
+        return {"bmssl": 3, "simclr": 2, "protonet": 1}.get(METHODS[self.method].kind, 0)
+
+
+def run_job(job: Job) -> list[tuple[int, int, dict[str, Any]]]:
+    """``[(n_way, k_shot, result)]`` of the job's cells; the same in a worker as in-process."""
+    if job.threads:
+        import torch
+
+        torch.set_num_threads(job.threads)
+    backbone = train_or_load(job.method, job.config, job.run_dir, job.progress)
+    test = get_dataset(
+        job.dataset, job.config.data_root, split="test", image_size=job.config.image_size
+    )
+    results = []
+    for n_way, k_shot in job.cells:
+        result = evaluate_fewshot(
+            backbone,
+            test,
+            n_way,
+            k_shot,
+            job.n_query,
+            job.episodes,
+            job.classifier,
+            seed=job.seed,
+        )
+        results.append((n_way, k_shot, result.as_dict()))
+    return results
+
+
+def run_jobs(jobs: list[Job], workers: int, on_done: Callable[[Job, list], None]) -> None:
+    """Run ``jobs`` in this process (``workers`` = 1) or in a pool of spawned processes."""
+    if workers <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            on_done(job, run_job(job))
+        return
+    import multiprocessing
+    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+
+    # spawn, not fork: forking a process whose torch thread pools are live can deadlock.
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context) as pool:
+        futures = {pool.submit(run_job, job): job for job in sorted(jobs, key=lambda j: -j.cost)}
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            for future in done:
+                if future.exception() is not None:
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    raise future.exception()  # type: ignore[misc]
+                on_done(futures[future], future.result())
 
 
 def references(profile: Profile, datasets: list[str]) -> list[dict[str, Any]]:
@@ -262,46 +355,63 @@ def main(argv: list[str] | None = None) -> Table:
 
     from tqdm.auto import tqdm
 
-    jobs = [(m, d) for m in methods for d in datasets]
-    bar = tqdm(jobs, desc="table1", disable=not progress, dynamic_ncols=True)
-    for method, dataset in bar:
-        bar.set_postfix_str(f"{method} on {dataset}")
-        label = METHODS[method].label
-        cells = profile.cells(dataset)
-        todo = [
-            (n, k)
-            for n, k in cells
-            if args.fresh or cache.get(method, column_name(dataset, n, k)) is None
-        ]
-        if todo:
+    parallel = args.jobs > 1
+    jobs: list[Job] = []
+    settings: dict[tuple[str, str], str] = {}
+    for method in methods:
+        for dataset in datasets:
             config = method_config(profile, method, dataset, roots.get(dataset))
-            backbone = train_or_load(
-                method, config, out / "runs" / method / dataset, args.fresh, progress
-            )
-            test = get_dataset(
-                dataset, roots.get(dataset), split="test", image_size=config.image_size
-            )
-            for n_way, k_shot in todo:
-                result = evaluate_fewshot(
-                    backbone,
-                    test,
-                    n_way,
-                    k_shot,
-                    profile.n_query,
-                    profile.episodes,
-                    profile.classifier,
-                    seed=profile.seed,
+            run_settings = settings_fingerprint(config)
+            for n, k in profile.cells(dataset):
+                settings[method, column_name(dataset, n, k)] = fingerprint(
+                    run_settings, profile.episodes, profile.n_query, profile.classifier,
+                    profile.seed, n, k,
+                )  # fmt: skip
+            todo = tuple(
+                (n, k)
+                for n, k in profile.cells(dataset)
+                if args.fresh
+                or cache.get(
+                    method, column_name(dataset, n, k), settings[method, column_name(dataset, n, k)]
                 )
-                cache.put(
-                    method,
-                    column_name(dataset, n_way, k_shot),
-                    {**result.as_dict(), "method": method, "dataset": dataset},
+                is None
+            )
+            if not todo:
+                continue
+            run_dir = out / "runs" / method / dataset
+            if METHODS[method].kind != "untrained":
+                prepare_run_dir(run_dir, run_settings, args.fresh)
+            jobs.append(
+                Job(
+                    method, dataset, config, run_dir, todo, profile.n_query, profile.episodes,
+                    profile.classifier, profile.seed, profile.threads,
+                    progress=progress and not parallel,
                 )
-        for n_way, k_shot in cells:
-            col = column_name(dataset, n_way, k_shot)
-            cell = cache.get(method, col)
-            assert cell is not None
-            table.set(label, col, format_mean_ci(cell["mean"], cell["ci95"]), raw=cell)
+            )  # fmt: skip
+
+    bar = tqdm(total=len(jobs), desc="table1", disable=not progress, dynamic_ncols=True)
+
+    def store(job: Job, results: list[tuple[int, int, dict[str, Any]]]) -> None:
+        for n_way, k_shot, result in results:
+            col = column_name(job.dataset, n_way, k_shot)
+            cell = {**result, "method": job.method, "dataset": job.dataset}
+            cache.put(job.method, col, cell, settings[job.method, col])
+        bar.set_postfix_str(f"{job.method} on {job.dataset} done")
+        bar.update()
+
+    if parallel and jobs:
+        bar.set_postfix_str(f"{min(args.jobs, len(jobs))} workers")
+    run_jobs(jobs, args.jobs, store)
+    bar.close()
+
+    for method in methods:
+        label = METHODS[method].label
+        for dataset in datasets:
+            for n_way, k_shot in profile.cells(dataset):
+                col = column_name(dataset, n_way, k_shot)
+                cell = cache.get(method, col, settings[method, col])
+                assert cell is not None
+                table.set(label, col, format_mean_ci(cell["mean"], cell["ci95"]), raw=cell)
         table.notes.setdefault(label, "this harness")
     for ref in references(profile, datasets) if profile.name != "cpu" else []:
         for col, value in ref["cells"].items():

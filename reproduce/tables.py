@@ -8,9 +8,12 @@ JSON file so that a rerun skips it; the assembled table is written as ``<name>.m
 from __future__ import annotations
 
 import csv
+import dataclasses
+import hashlib
 import io
 import json
 import re
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,8 +27,38 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")
 
 
+def fingerprint(*parts: Any) -> str:
+    """A short stable hash of JSON-able settings: a cached result is valid only under the same one."""
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def settings_fingerprint(config: Any, *extra: Any) -> str:
+    """Fingerprint of a method config (a dataclass) plus extra settings; ``device`` is left out
+    because the same run on another device is the same result."""
+    values = {k: v for k, v in dataclasses.asdict(config).items() if k != "device"}
+    return fingerprint(values, *extra)
+
+
+def prepare_run_dir(run_dir: Path, settings: str, fresh: bool) -> None:
+    """Make ``run_dir`` hold a run of ``settings``: a run of other settings (or any, when
+    ``fresh``) is deleted so that it is retrained, never resumed under the wrong config."""
+    stamp = run_dir / "settings.txt"
+    stale = run_dir.exists() and (
+        fresh or not stamp.is_file() or stamp.read_text().strip() != settings
+    )
+    if stale:
+        shutil.rmtree(run_dir)
+    if not stamp.is_file():
+        write_text(stamp, settings + "\n")
+
+
 class CellCache:
-    """One JSON file per finished (row, column) cell under ``<out_dir>/cells``."""
+    """One JSON file per finished (row, column) cell under ``<out_dir>/cells``.
+
+    A cell may carry the ``fingerprint`` of the settings that produced it; :meth:`get` with a
+    fingerprint treats a cell made under other settings as missing, so an edited profile is rerun.
+    """
 
     def __init__(self, out_dir: str | Path) -> None:
         self.dir = Path(out_dir) / "cells"
@@ -33,16 +66,23 @@ class CellCache:
     def path(self, row: str, column: str) -> Path:
         return self.dir / f"{slug(row)}__{slug(column)}.json"
 
-    def get(self, row: str, column: str) -> dict[str, Any] | None:
+    def get(self, row: str, column: str, fingerprint: str | None = None) -> dict[str, Any] | None:
         path = self.path(row, column)
         if not path.is_file():
             return None
         try:
-            return json.loads(path.read_text())
+            value = json.loads(path.read_text())
         except json.JSONDecodeError:
             return None  # a corrupt cell is recomputed rather than trusted
+        if fingerprint is not None and value.get("fingerprint") != fingerprint:
+            return None
+        return value
 
-    def put(self, row: str, column: str, value: dict[str, Any]) -> None:
+    def put(
+        self, row: str, column: str, value: dict[str, Any], fingerprint: str | None = None
+    ) -> None:
+        if fingerprint is not None:
+            value = {**value, "fingerprint": fingerprint}
         write_json(self.path(row, column), value)
 
 

@@ -81,3 +81,28 @@ def test_classification_metrics_keys() -> None:
     assert set(classification_metrics(logits, multi)) == {"top1", "top5", "map11", "map"}
     perfect = classification_metrics(multi * 10, multi)
     assert perfect["map11"] == pytest.approx(100.0) and perfect["map"] == pytest.approx(100.0)
+
+
+def test_difficult_pairs_are_left_out_of_the_ranking() -> None:
+    """VOC devkit rule: a difficult image-class pair is neither a hit nor a false alarm.
+
+    Class 0 ranks (difficult, pos, neg, pos). Counted as a negative: precision 1/2 at both
+    recalls, AP = 0.5. Left out: (pos, neg, pos), precision 1 up to recall 0.5 then 2/3,
+    AP = (6·1 + 5·2/3) / 11. Class 1 has no difficult pair and keeps its AP.
+    """
+    scores = np.array([[0.9, 0.1], [0.8, 0.9], [0.7, 0.2], [0.6, 0.3]])
+    targets = np.array([[0, 0], [1, 1], [0, 0], [1, 0]], dtype=np.float32)
+    ignore = np.zeros_like(targets, dtype=bool)
+    ignore[0, 0] = True
+    class1 = 1.0  # its one positive ranks first
+    assert mean_average_precision(scores, targets) == pytest.approx(100 * (0.5 + class1) / 2)
+    with_ignore = mean_average_precision(scores, targets, ignore=ignore)
+    assert with_ignore == pytest.approx(100 * ((6 + 5 * 2 / 3) / 11 + class1) / 2)
+    # labelled positive instead ("difficult=positive" loading): the same once left out
+    as_positive = targets.copy()
+    as_positive[0, 0] = 1
+    assert mean_average_precision(scores, as_positive, ignore=ignore) == pytest.approx(with_ignore)
+    metrics = classification_metrics(scores, targets, ignore=ignore)
+    assert metrics["map11"] == pytest.approx(with_ignore)
+    with pytest.raises(ValueError, match="ignore must be"):
+        mean_average_precision(scores, targets, ignore=ignore[:, :1])

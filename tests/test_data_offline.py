@@ -71,7 +71,7 @@ def test_registry_errors_are_user_errors():
     assert "glyphs" in list_datasets() and "imagefolder:<path>" in list_datasets()
 
 
-@pytest.mark.parametrize("strength", ["weak", "default", "strong"])
+@pytest.mark.parametrize("strength", ["weak", "default", "strong", "affine"])
 def test_views_are_per_image_random_and_seeded(strength):
     batch = get_dataset("glyphs", split="train").get_batch(range(8))
     views = SSLViews(strength, 28, 1)
@@ -85,6 +85,21 @@ def test_views_are_per_image_random_and_seeded(strength):
     c = views(batch)
     assert not torch.equal(a, c)
     assert views.repeat(batch[:3], 4).shape == (3, 4, 1, 28, 28)
+
+
+def test_affine_views_keep_size_and_orientation():
+    """``affine`` never mirrors: with colour jitter off, a view of a left-heavy image stays
+    left-heavy (a mirror would move the mass right)."""
+    image = torch.zeros(1, 1, 28, 28)
+    image[..., 4:24, 2:8] = 1.0  # a bar near the left edge
+    views = SSLViews("affine", 28, 1)
+    views.transform.transforms[-1].p = 0.0  # no jitter: geometry only
+    torch.manual_seed(0)
+    out = views(image.repeat(64, 1, 1, 1))
+    columns = torch.arange(28.0)
+    centre = (out.sum(dim=(1, 2)) * columns).sum(-1) / out.sum(dim=(1, 2, 3))
+    assert out.shape == (64, 1, 28, 28) and bool((centre < 12).all())
+    assert len({tuple(v.flatten().tolist()) for v in out}) == 64  # per-image parameters
 
 
 def test_rgb_views_and_identity():

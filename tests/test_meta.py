@@ -270,8 +270,9 @@ def test_config_yaml_plus_overrides(tmp_path):
         load_config(BMSSLConfig, path, ["delta=2"])
 
 
-def test_shipped_cpu_config_loads():
-    cfg = load_config(BMSSLConfig, ROOT / "reproduce/configs/bmssl_cpu.yaml")
+@pytest.mark.parametrize("profile", ["cpu", "paper"])
+def test_shipped_configs_load(profile):
+    cfg = load_config(BMSSLConfig, ROOT / f"reproduce/configs/bmssl_{profile}.yaml")
     assert cfg.bootstrap_steps > 0
 
 
@@ -308,6 +309,41 @@ def test_resume_refuses_other_settings(tmp_path):
     )
     with pytest.raises(UserError, match="bootstrap_steps"):
         other.fit()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error when CUDA is absent")
+def test_cuda_without_cuda_is_a_user_error():
+    with pytest.raises(UserError, match="device='cuda'.*device=cpu"):
+        BMSSLTrainer(BMSSLConfig(steps=1, device="cuda", **TINY), progress=False)
+
+
+def test_resume_may_change_device(tmp_path):
+    BMSSLTrainer(
+        BMSSLConfig(steps=2, eval_every=2, device="cpu", **TINY), tmp_path, progress=False
+    ).fit()
+    resumed = BMSSLTrainer(
+        BMSSLConfig(steps=3, eval_every=3, device="auto", **TINY), tmp_path, progress=False
+    )
+    assert resumed.fit()["step"] == 3
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("backend", ["func", "higher"])
+def test_trains_on_cuda_like_on_cpu(backend):
+    """Same seed, same tasks: one meta-step on the GPU gives the CPU's weights (float32 noise)."""
+    cpu = BMSSLTrainer(
+        BMSSLConfig(steps=1, eval_every=1, device="cpu", backend=backend, **TINY), progress=False
+    )
+    gpu = BMSSLTrainer(
+        BMSSLConfig(steps=1, eval_every=1, device="cuda", backend=backend, **TINY), progress=False
+    )
+    cpu.fit()
+    gpu.fit()
+    assert next(gpu.encoder.parameters()).is_cuda
+    for (name, a), (_, b) in zip(
+        cpu.encoder.state_dict().items(), gpu.encoder.state_dict().items()
+    ):
+        torch.testing.assert_close(a, b.cpu(), rtol=1e-3, atol=1e-4, msg=name)
 
 
 def test_track_policy_trains_and_refreshes_running_stats():

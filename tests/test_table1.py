@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "reproduce" / "table1.py"
@@ -59,12 +60,39 @@ def test_table1_end_to_end_and_cached_rerun(tmp_path, profile):
     ).stat().st_mtime == mtime
 
 
+def test_parallel_jobs_give_the_same_table(tmp_path, profile):
+    """--jobs 2 trains in spawned workers; seeds make every cell equal to the in-process run."""
+    serial = run(["--profile", str(profile), "--out", str(tmp_path / "a"), "--jobs", "1"], tmp_path)
+    parallel = run(
+        ["--profile", str(profile), "--out", str(tmp_path / "b"), "--jobs", "2", "--quiet"],
+        tmp_path,
+    )
+    assert serial.returncode == 0 and parallel.returncode == 0, serial.stderr + parallel.stderr
+    assert serial.stdout == parallel.stdout
+
+
+def test_edited_profile_reruns_only_what_changed(tmp_path, profile):
+    out = tmp_path / "res"
+    assert run(["--profile", str(profile), "--out", str(out), "--quiet"], tmp_path).returncode == 0
+    ckpt = out / "tiny" / "runs" / "simclr" / "digits" / "checkpoints" / "last.pt"
+    random_cell = next((out / "tiny" / "cells").glob("random__*5w1s.json"))
+    random_mtime, ckpt_mtime = random_cell.stat().st_mtime, ckpt.stat().st_mtime
+    profile.write_text(TINY_PROFILE.replace("batch_size: 16", "batch_size: 8"))
+    rerun = run(["--profile", str(profile), "--out", str(out), "--quiet"], tmp_path)
+    assert rerun.returncode == 0, rerun.stderr
+    assert random_cell.stat().st_mtime == random_mtime  # random init's settings did not change
+    assert ckpt.stat().st_mtime != ckpt_mtime  # SimCLR was retrained, not resumed or reused
+    saved = torch.load(ckpt, map_location="cpu", weights_only=False)
+    assert saved["step"] == 3 and len(saved["history"]) == 1
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["--methods", "dino"], "unknown method 'dino'"),
         (["--datasets", "cifar"], "dataset 'cifar' is not in the tiny profile"),
         (["--episodes", "0"], "--episodes must be at least 1"),
+        (["--jobs", "0"], "--jobs must be at least 1"),
         (["--data-root", "nonsense"], "name=value"),
     ],
 )

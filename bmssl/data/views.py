@@ -14,35 +14,45 @@ from torchvision.transforms import v2
 
 from bmssl.errors import check_choice
 
-STRENGTHS = ("none", "weak", "default", "strong")
+STRENGTHS = ("none", "weak", "default", "strong", "affine")
 
 
 @dataclass(frozen=True)
 class _Level:
-    crop_scale: tuple[float, float]
+    crop_scale: tuple[float, float] | None  # RandomResizedCrop area range; None = no crop
     jitter: float
     jitter_p: float
     gray_p: float
     blur_p: float
     flip: bool
+    # RandomAffine (degrees, translate fraction, scale range, shear degrees); None = none
+    affine: tuple[float, float, tuple[float, float], float] | None = None
 
 
 _LEVELS = {
     "weak": _Level((0.6, 1.0), 0.2, 0.5, 0.0, 0.0, True),
     "default": _Level((0.3, 1.0), 0.4, 0.8, 0.2, 0.0, True),
     "strong": _Level((0.08, 1.0), 0.8, 0.8, 0.2, 0.5, True),
+    # Handwriting and strokes: a mirrored or tightly cropped character can be another class,
+    # while a slightly rotated, sheared or shifted one is the same.
+    "affine": _Level(None, 0.4, 0.8, 0.0, 0.0, False, (15.0, 0.15, (0.8, 1.2), 10.0)),
 }
 
 
 def ssl_transform(strength: str, image_size: int, channels: int) -> v2.Transform:
-    """The per-image pipeline of one strength level (``none`` is the identity)."""
+    """The per-image pipeline of one level: ``none`` is the identity; ``weak`` < ``default`` <
+    ``strong`` are SimCLR's crop/flip/colour recipe at rising strength; ``affine`` swaps crops
+    and flips for small rotations, shears, shifts and zooms (for digits and strokes)."""
     check_choice("augmentation strength", strength, STRENGTHS)
     if strength == "none":
         return v2.Identity()
     level = _LEVELS[strength]
-    ops: list[v2.Transform] = [
-        v2.RandomResizedCrop(image_size, scale=level.crop_scale, antialias=True)
-    ]
+    ops: list[v2.Transform] = []
+    if level.crop_scale is not None:
+        ops.append(v2.RandomResizedCrop(image_size, scale=level.crop_scale, antialias=True))
+    if level.affine is not None:
+        degrees, shift, zoom, shear = level.affine
+        ops.append(v2.RandomAffine(degrees, translate=(shift, shift), scale=zoom, shear=shear))
     if level.flip:
         ops.append(v2.RandomHorizontalFlip())
     j = level.jitter
