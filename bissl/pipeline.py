@@ -117,17 +117,10 @@ def run_bissl(
     encoder, _ = pretext_encoder(config, None, pretext_cache or out_dir, progress)
     trainer = BiSSLTrainer(config, out_dir / "bissl", progress, encoder=encoder)
     history = trainer.fit()
-    metrics = finetune(
-        trainer.encoder_p.backbone, config, splits["train"], splits["val"],
-        test_set=splits["test"], progress=progress,
-    )  # fmt: skip
-    metrics.update({f"bissl_{k}": v for k, v in history.items() if isinstance(v, float)})
-    metrics["wall_s"] = time.perf_counter() - started
-    write_json(
-        out_dir / "metrics.json",
-        {"method": "bissl", "config": dataclasses.asdict(config), "metrics": metrics},
+    extra = {f"bissl_{k}": v for k, v in history.items() if isinstance(v, float)}
+    return _finetune_and_record(
+        "bissl", trainer.encoder_p.backbone, config, splits, out_dir, started, progress, extra
     )
-    return metrics
 
 
 def run_baseline(
@@ -143,15 +136,32 @@ def run_baseline(
     splits = load_splits(config)
     steps = baseline_pretext_steps(config)
     encoder, _ = pretext_encoder(config, steps, pretext_cache or out_dir, progress)
+    extra = {"pretext_steps": float(steps)}
+    return _finetune_and_record(
+        "baseline", encoder.backbone, config, splits, out_dir, started, progress, extra
+    )
+
+
+def _finetune_and_record(
+    method: str,
+    backbone: torch.nn.Module,
+    config: BiSSLConfig,
+    splits: dict[str, Any],
+    out_dir: Path,
+    started: float,
+    progress: bool,
+    extra: dict[str, float],
+) -> dict[str, float]:
+    """Fine-tune ``backbone`` on the downstream splits, then write and return the metrics."""
     metrics = finetune(
-        encoder.backbone, config, splits["train"], splits["val"], test_set=splits["test"],
+        backbone, config, splits["train"], splits["val"], test_set=splits["test"],
         progress=progress,
     )  # fmt: skip
-    metrics["pretext_steps"] = float(steps)
+    metrics.update(extra)
     metrics["wall_s"] = time.perf_counter() - started
     write_json(
         out_dir / "metrics.json",
-        {"method": "baseline", "config": dataclasses.asdict(config), "metrics": metrics},
+        {"method": method, "config": dataclasses.asdict(config), "metrics": metrics},
     )
     return metrics
 
