@@ -307,7 +307,7 @@ def run_jobs(jobs: list[Job], workers: int, on_done: Callable[[Job, list], None]
             on_done(job, run_job(job))
         return
     import multiprocessing
-    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     # spawn, not fork: forking a process whose torch thread pools are live can deadlock.
     context = multiprocessing.get_context("spawn")
@@ -315,7 +315,7 @@ def run_jobs(jobs: list[Job], workers: int, on_done: Callable[[Job, list], None]
         futures = {pool.submit(run_job, job): job for job in sorted(jobs, key=lambda j: -j.cost)}
         pending = set(futures)
         while pending:
-            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
                 if future.exception() is not None:
                     pool.shutdown(wait=True, cancel_futures=True)

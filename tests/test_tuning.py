@@ -328,7 +328,7 @@ def test_killed_then_interrupted_then_resumed_search_finishes_every_trial(local_
     )
     assert final.returncode == 0, final.stdout[-2000:] + final.stderr[-3000:]
     records = load_records(experiment, ["augment"])
-    assert len(records) == 4 and {r.status for r in records} == {"TERMINATED"}
+    assert len(records) == len(STRENGTHS) and {r.status for r in records} == {"TERMINATED"}
     assert sorted(r.params["augment"] for r in records) == sorted(STRENGTHS)
     assert all(
         r.step == 6 and [h["step"] for h in r.history] == [1, 2, 3, 4, 5, 6] for r in records
@@ -342,7 +342,7 @@ def test_killed_then_interrupted_then_resumed_search_finishes_every_trial(local_
     # the SIGKILLed session never got to record itself; the other two did
     assert [s["resumed"] for s in plan["sessions"]] == [True, True]
     rows = list(csv.DictReader((experiment / "report" / "trials.csv").open()))
-    assert len(rows) == 4 and {r["status"] for r in rows} == {"TERMINATED"}
+    assert len(rows) == len(STRENGTHS) and {r["status"] for r in rows} == {"TERMINATED"}
     assert "unfinished" not in final.stderr
 
 
