@@ -26,12 +26,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bmssl.baselines import FewShotValidation, encoder_for, load_split
+from bmssl.baselines import FewShotValidation, RunConfig, encoder_for, load_split
 from bmssl.data.views import STRENGTHS
 from bmssl.errors import UserError, check_choice, check_positive
 from bmssl.inner import BACKENDS, InnerLoop, Params, functional_twin, open_inner_loop
 from bmssl.losses import kl_matching, nt_xent, prototype_logits
-from bmssl.nets import BACKBONES, BN_POLICIES, Encoder
+from bmssl.nets import Encoder
 from bmssl.tasks import Task, TaskBatch, TaskSampler
 from bmssl.trainer import Trainer
 
@@ -39,21 +39,15 @@ INNER_LOSSES = ("proto_loo", "proto", "ntxent")
 
 
 @dataclass
-class BMSSLConfig:
-    """Every BMSSL setting; the field defaults are the one place each default lives."""
+class BMSSLConfig(RunConfig):
+    """Every BMSSL setting: :class:`RunConfig`'s data, network, budget, validation, device and
+    seed fields (two with BMSSL's own defaults), then the method's. The field defaults are the
+    one place each default lives."""
 
-    # data and network
-    dataset: str = "glyphs"
-    data_root: str | None = None
-    image_size: int = 28
-    backbone: str = "conv4"
-    width: int = 32
     # "batch": batch statistics, no buffers -> functional/vmap-friendly (see bmssl.inner)
     bn: str = "batch"
-    proj_hidden: int = 128
-    proj_dim: int = 64
+    steps: int = 1000
     augment: str = "default"
-    num_train_images: int | None = None  # None = the whole training split
     # task reconstruction (many images per task: the prototype loss contrasts N images)
     n_way: int = 32  # N images per task
     k_support: int = 2  # K support views per image
@@ -69,34 +63,21 @@ class BMSSLConfig:
     tau: float = 0.2  # τ, temperature of the prototype logits
     # outer loop
     outer_lr: float = 3e-3
-    steps: int = 1000
     backend: str = "func"  # "func" | "higher"
     vmap: bool = True  # func backend only: vmap over the B tasks (higher always loops)
     first_order: bool = False
-    # validation
-    eval_every: int = 100
-    eval_episodes: int = 200
-    eval_n_way: int = 5
-    eval_k_shot: int = 1
-    device: str = "auto"  # "auto" (CUDA when available) | "cpu" | "cuda[:N]"
-    seed: int = 0
 
     def validate(self) -> None:
         """Raise :class:`UserError` naming the first bad value and how to fix it."""
-        check_choice("backbone", self.backbone, BACKBONES)
-        check_choice("bn", self.bn, BN_POLICIES)
+        super().validate()
         check_choice("augment", self.augment, STRENGTHS)
         check_choice("backend", self.backend, BACKENDS)
         check_choice("inner_loss", self.inner_loss, INNER_LOSSES)
-        for name in ("inner_lr", "outer_lr", "tau", "image_size", "width", "proj_hidden"):
+        for name in ("inner_lr", "outer_lr", "tau", "k_support", "q_query", "meta_batch"):
             check_positive(name, getattr(self, name))
-        for name in ("proj_dim", "k_support", "q_query", "meta_batch", "steps", "eval_episodes"):
-            check_positive(name, getattr(self, name))
-        for name in ("n_way", "eval_n_way"):
-            if getattr(self, name) < 2:
-                raise UserError(f"{name} must be at least 2 to classify, got {getattr(self, name)}")
-        check_positive("eval_k_shot", self.eval_k_shot)
-        for name in ("inner_steps", "bootstrap_steps", "eval_every"):
+        if self.n_way < 2:
+            raise UserError(f"n_way must be at least 2 to classify, got {self.n_way}")
+        for name in ("inner_steps", "bootstrap_steps"):
             if getattr(self, name) < 0:
                 raise UserError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.beta < 0:
