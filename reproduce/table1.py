@@ -16,6 +16,7 @@ import argparse
 import dataclasses
 import os
 import re
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -300,27 +301,39 @@ def run_job(job: Job) -> list[tuple[int, int, dict[str, Any]]]:
     return results
 
 
+def _ignore_interrupts() -> None:
+    """Pool initializer: Ctrl-C is the parent's to handle; it terminates the workers, which is
+    safe because every checkpoint and cell is written atomically."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _run_numbered(item: tuple[int, Job]) -> tuple[int, list[tuple[int, int, dict[str, Any]]]]:
+    return item[0], run_job(item[1])
+
+
 def run_jobs(jobs: list[Job], workers: int, on_done: Callable[[Job, list], None]) -> None:
-    """Run ``jobs`` in this process (``workers`` = 1) or in a pool of spawned processes."""
+    """Run ``jobs`` in this process (``workers`` = 1) or in a pool of spawned processes; each
+    job's results go to ``on_done`` as soon as it finishes, so a killed run loses no cell."""
     if workers <= 1 or len(jobs) <= 1:
         for job in jobs:
             on_done(job, run_job(job))
         return
     import multiprocessing
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
+    ordered = sorted(jobs, key=lambda j: -j.cost)  # long jobs first: less idle time at the end
     # spawn, not fork: forking a process whose torch thread pools are live can deadlock.
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context) as pool:
-        futures = {pool.submit(run_job, job): job for job in sorted(jobs, key=lambda j: -j.cost)}
-        pending = set(futures)
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for future in done:
-                if future.exception() is not None:
-                    pool.shutdown(wait=True, cancel_futures=True)
-                    raise future.exception()  # type: ignore[misc]
-                on_done(futures[future], future.result())
+    pool = context.Pool(min(workers, len(jobs)), initializer=_ignore_interrupts)
+    try:
+        for index, results in pool.imap_unordered(_run_numbered, list(enumerate(ordered))):
+            on_done(ordered[index], results)
+    except BaseException:
+        pool.terminate()
+        raise
+    else:
+        pool.close()
+    finally:
+        pool.join()
 
 
 def references(profile: Profile, datasets: list[str]) -> list[dict[str, Any]]:

@@ -1,6 +1,8 @@
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -69,6 +71,43 @@ def test_parallel_jobs_give_the_same_table(tmp_path, profile):
     )
     assert serial.returncode == 0 and parallel.returncode == 0, serial.stderr + parallel.stderr
     assert serial.stdout == parallel.stdout
+
+
+def _state(pid: str) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return "Z"
+
+
+def test_ctrl_c_stops_the_workers_and_a_rerun_finishes(tmp_path, profile):
+    """SIGINT to a --jobs 2 run: exit 130 with one line, no traceback, workers gone; the same
+    command again completes the table (finished cells are kept)."""
+    profile.write_text(
+        TINY_PROFILE.replace("steps: 3, eval_every: 3", "steps: 400, eval_every: 50")
+    )
+    out = tmp_path / "res"
+    cmd = [sys.executable, str(SCRIPT), "--profile", str(profile), "--out", str(out), "--quiet"]
+    proc = subprocess.Popen(
+        [*cmd, "--jobs", "2"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    history = out / "tiny" / "runs" / "simclr" / "digits" / "history.json"
+    deadline = time.monotonic() + 120
+    while not history.is_file() and time.monotonic() < deadline:  # SimCLR is training
+        time.sleep(0.2)
+    assert history.is_file(), "SimCLR never reached its first validation"
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+    workers = children.read_text().split() if children.is_file() else []
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err, err
+    time.sleep(0.5)
+    alive = [w for w in workers if Path(f"/proc/{w}").exists() and "Z" not in _state(w)]
+    assert not alive, f"worker processes {alive} outlived the interrupted run"
+    profile.write_text(TINY_PROFILE)  # a shorter run: SimCLR is retrained, random init reused
+    rerun = run(["--profile", str(profile), "--out", str(out), "--quiet", "--jobs", "2"], tmp_path)
+    assert rerun.returncode == 0 and "| SimCLR |" in rerun.stdout, rerun.stderr
 
 
 def test_edited_profile_reruns_only_what_changed(tmp_path, profile):
