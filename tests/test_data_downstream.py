@@ -571,3 +571,21 @@ def test_cub_imagefolder_and_hf_layouts(tmp_path: Path) -> None:
         check_items(ds, fake)
     with pytest.raises(DataNotFoundError, match="no layout"):
         get_dataset("cub", tmp_path / "tree" / "train" / "bird0", "train", "supervised")
+
+
+def test_file_listing_reads_each_torchvision_layout_and_names_a_renamed_one() -> None:
+    from types import SimpleNamespace
+
+    from bmssl.data.downstream import _file_listing
+
+    files = [Path("a.jpg"), Path("b.jpg")]
+    assert _file_listing("x", SimpleNamespace(_image_files=files, _labels=[1, 0])) == (
+        files,
+        [1, 0],
+    )
+    assert _file_listing("x", SimpleNamespace(_images=files, _labels=[0, 0])) == (files, [0, 0])
+    assert _file_listing("x", SimpleNamespace(_samples=[("a.jpg", 2), ("b.jpg", 3)])) == (
+        files, [2, 3],
+    )  # fmt: skip
+    with pytest.raises(UserError, match="dataset 'dtd': torchvision .* install torchvision"):
+        _file_listing("dtd", SimpleNamespace(files=files, labels=[0, 1]))

@@ -156,6 +156,50 @@ def _torchvision(name: str, where: Path, cls: Callable[..., T], **kwargs: Any) -
         ) from None
 
 
+def _file_listing(name: str, dataset: Any) -> tuple[list[Path], list[int]]:
+    """(image paths, labels) of a torchvision dataset, without decoding an image.
+
+    torchvision keeps these lists in private attributes (``_image_files`` or ``_images`` with
+    ``_labels``, or ``_samples`` pairs) and has no public accessor; a torchvision that renames
+    them gets this clear error rather than an AttributeError deep inside a loader.
+    """
+    if hasattr(dataset, "_samples"):
+        pairs = list(dataset._samples)
+        return [Path(p) for p, _ in pairs], [int(t) for _, t in pairs]
+    for files in ("_image_files", "_images"):
+        if hasattr(dataset, files) and hasattr(dataset, "_labels"):
+            return [Path(p) for p in getattr(dataset, files)], [int(t) for t in dataset._labels]
+    import torchvision
+
+    raise UserError(
+        f"dataset {name!r}: torchvision {torchvision.__version__}'s {type(dataset).__name__} keeps "
+        "its file list under names this loader does not know (it reads _image_files/_images with "
+        "_labels, or _samples, as torchvision 0.19-0.29 do); install torchvision 0.29 or older"
+    )
+
+
+def _gather(
+    name: str,
+    parts: dict[str, Any],
+    relabel: Callable[[Any, int], int] | None = None,
+    part_names: dict[str, str] | None = None,
+) -> tuple[list[Path], list[int], list[str]]:
+    """Paths, labels and official part of every image of torchvision's per-split datasets.
+
+    ``relabel(dataset, label)`` maps a split's own class numbering to a global one;
+    ``part_names`` renames splits (e.g. ``trainval`` -> ``train``).
+    """
+    paths: list[Path] = []
+    targets: list[int] = []
+    part: list[str] = []
+    for split, dataset in parts.items():
+        files, labels = _file_listing(name, dataset)
+        paths += files
+        targets += [relabel(dataset, t) for t in labels] if relabel else labels
+        part += [(part_names or {}).get(split, split)] * len(labels)
+    return paths, targets, part
+
+
 def _check_fraction(val_fraction: float) -> None:
     if not 0.0 < val_fraction < 1.0:
         raise UserError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
@@ -430,11 +474,7 @@ def dtd(
     # Each torchvision split numbers the classes it sees; the union keeps one global order.
     classes = sorted(set().union(*(d.classes for d in parts.values())))
     index = {c: i for i, c in enumerate(classes)}
-    paths, targets, part = [], [], []
-    for s, d in parts.items():
-        paths += d._image_files
-        targets += [index[d.classes[t]] for t in d._labels]
-        part += [s] * len(d._labels)
+    paths, targets, part = _gather("dtd", parts, lambda d, t: index[d.classes[t]])
     full, part = _files("dtd", paths, targets, classes, part, image_size)
     return finish(_split("dtd", full, part, split, protocol), preload)
 
@@ -503,11 +543,7 @@ def pets(
     parts = {s: _torchvision("pets", outer, OxfordIIITPet, split=s) for s in ("trainval", "test")}
     # Labels come from the annotation files (1-based breed ids), so they agree across splits.
     classes = max((d.classes for d in parts.values()), key=len)
-    paths, targets, part = [], [], []
-    for s, d in parts.items():
-        paths += d._images
-        targets += d._labels
-        part += ["train" if s == "trainval" else s] * len(d._labels)
+    paths, targets, part = _gather("pets", parts, part_names={"trainval": "train"})
     full, part = _files("pets", paths, targets, classes, part, image_size)
     return finish(_split("pets", full, part, split, protocol, val_fraction, seed), preload)
 
@@ -538,11 +574,7 @@ def cars(
     ]
     outer = _locate("cars", root, "stanford_cars", required)
     parts = {s: _torchvision("cars", outer, StanfordCars, split=s) for s in ("train", "test")}
-    paths, targets, part = [], [], []
-    for s, d in parts.items():
-        paths += [Path(p) for p, _ in d._samples]
-        targets += [int(t) for _, t in d._samples]
-        part += [s] * len(d._samples)
+    paths, targets, part = _gather("cars", parts)
     classes = [str(c) for c in parts["train"].classes]
     full, part = _files("cars", paths, targets, classes, part, image_size)
     return finish(_split("cars", full, part, split, protocol, val_fraction, seed), preload)
@@ -582,11 +614,7 @@ def aircraft(
         s: _torchvision("aircraft", outer, FGVCAircraft, split=s, annotation_level=annotation_level)
         for s in ("train", "val", "test")
     }
-    paths, targets, part = [], [], []
-    for s, d in parts.items():
-        paths += [Path(p) for p in d._image_files]
-        targets += d._labels
-        part += [s] * len(d._labels)
+    paths, targets, part = _gather("aircraft", parts)
     full, part = _files("aircraft", paths, targets, parts["train"].classes, part, image_size)
     return finish(_split("aircraft", full, part, split, protocol), preload)
 
@@ -618,11 +646,7 @@ def food101(
         ) from None
     classes = sorted(set().union(*(d.classes for d in parts.values())))
     index = {c: i for i, c in enumerate(classes)}
-    paths, targets, part = [], [], []
-    for s, d in parts.items():
-        paths += d._image_files
-        targets += [index[d.classes[t]] for t in d._labels]
-        part += [s] * len(d._labels)
+    paths, targets, part = _gather("food101", parts, lambda d, t: index[d.classes[t]])
     full, part = _files("food101", paths, targets, classes, part, image_size)
     return finish(_split("food101", full, part, split, protocol, val_fraction, seed), preload)
 
@@ -665,9 +689,10 @@ def sun397(
         from torchvision.datasets import SUN397
 
         d = _torchvision("sun397", outer, SUN397)
-        order = np.argsort([str(p) for p in d._image_files])  # rglob order is the filesystem's
-        paths = [d._image_files[i] for i in order]
-        half = item_split_mask([d._labels[i] for i in order], "train", (0.5, 0.0, 0.5), seed)
+        files, labels = _file_listing("sun397", d)
+        order = np.argsort([str(p) for p in files])  # rglob order is the filesystem's
+        paths = [files[i] for i in order]
+        half = item_split_mask([labels[i] for i in order], "train", (0.5, 0.0, 0.5), seed)
         part = np.where(half, "train", "test").tolist()
     try:
         targets = [index["/".join(p.relative_to(base).parts[1:-1])] for p in paths]
