@@ -15,7 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-from bmssl.config import load_config
+from bmssl.config import load_config, parse_args_with_overrides
 from bmssl.errors import cli_entry
 
 COMMANDS = ("run", "baseline", "pretext")
@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from bissl.trainer import BiSSLConfig
 
-    args = build_parser().parse_args(argv)
+    args = parse_args_with_overrides(build_parser(), argv)
     config = load_config(BiSSLConfig, args.config, args.overrides)
     out = Path(args.out or f"results/bissl/{config.dataset}/{args.command}/seed{config.seed}")
     progress = not args.no_progress

@@ -18,6 +18,7 @@ import json
 import sys
 from pathlib import Path
 
+from bmssl.config import parse_args_with_overrides
 from bmssl.errors import UserError, cli_entry
 
 
@@ -117,7 +118,7 @@ def _eval(args: argparse.Namespace) -> dict:
 @cli_entry
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``python -m bmssl`` and the ``bmssl`` script (returns None: exit code 0)."""
-    args = _parser().parse_args(argv)
+    args = parse_args_with_overrides(_parser(), argv)
     if args.command == "train":
         _train(args)
     else:

@@ -5,6 +5,7 @@ Each method has one config dataclass; its field defaults are the one place a def
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import types
 import typing
@@ -146,3 +147,23 @@ def load_config(
 def config_to_yaml(config: Any) -> str:
     """YAML text that :func:`load_config` turns back into an equal config."""
     return yaml.safe_dump(dataclasses.asdict(config), sort_keys=False)
+
+
+def parse_args_with_overrides(
+    parser: argparse.ArgumentParser, argv: list[str] | None = None
+) -> argparse.Namespace:
+    """``parser.parse_args`` that also takes ``key=value`` overrides after options.
+
+    argparse fills a positional ``overrides`` list only before the first option, so
+    ``run --config c.yaml steps=5`` would fail; tokens left over that look like ``key=value``
+    join ``args.overrides`` (where the chosen command has one), anything else is an error.
+    """
+    args, extra = parser.parse_known_args(argv)
+    stray = [t for t in extra if t.startswith("-") or "=" not in t]
+    if extra and not hasattr(args, "overrides"):
+        stray = extra
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = list(args.overrides or []) + extra
+    return args

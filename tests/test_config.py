@@ -64,3 +64,23 @@ def test_missing_and_bad_yaml(tmp_path):
 
 def test_parse_overrides_dashes():
     assert parse_overrides(["inner-lr=0.1"]) == {"inner_lr": "0.1"}
+
+
+def test_overrides_may_follow_options():
+    """``train --config c.yaml steps=5`` and ``run --out d x=1`` work; stray words exit 2."""
+    from bissl.__main__ import build_parser
+    from bmssl.__main__ import _parser
+    from bmssl.config import parse_args_with_overrides
+
+    args = parse_args_with_overrides(_parser(), ["train", "a=1", "--out", "x", "b=2"])
+    assert args.overrides == ["a=1", "b=2"] and str(args.out) == "x"
+    args = parse_args_with_overrides(build_parser(), ["run", "--config", "c.yaml", "steps=5"])
+    assert args.overrides == ["steps=5"] and args.config == "c.yaml"
+    for parser, argv in [
+        (_parser(), ["eval", "--out", "x", "steps=5"]),  # eval takes no overrides
+        (build_parser(), ["run", "--out", "x", "junk"]),
+        (build_parser(), ["run", "--out", "x", "--bogus=1"]),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            parse_args_with_overrides(parser, argv)
+        assert exit_info.value.code == 2
