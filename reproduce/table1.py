@@ -375,19 +375,16 @@ def main(argv: list[str] | None = None) -> Table:
         for dataset in datasets:
             config = method_config(profile, method, dataset, roots.get(dataset))
             run_settings = settings_fingerprint(config)
-            for n, k in profile.cells(dataset):
-                settings[method, column_name(dataset, n, k)] = fingerprint(
+            columns_of = {(n, k): column_name(dataset, n, k) for n, k in profile.cells(dataset)}
+            for (n, k), col in columns_of.items():
+                settings[method, col] = fingerprint(
                     run_settings, profile.episodes, profile.n_query, profile.classifier,
                     profile.seed, n, k,
                 )  # fmt: skip
             todo = tuple(
-                (n, k)
-                for n, k in profile.cells(dataset)
-                if args.fresh
-                or cache.get(
-                    method, column_name(dataset, n, k), settings[method, column_name(dataset, n, k)]
-                )
-                is None
+                cell
+                for cell, col in columns_of.items()
+                if args.fresh or cache.get(method, col, settings[method, col]) is None
             )
             if not todo:
                 continue
