@@ -217,12 +217,14 @@ def main(argv: list[str] | None = None) -> Table:
     from tqdm.auto import tqdm
 
     jobs = [(d, s, m) for d in datasets for s in profile.seeds for m in methods]
+    settings_of: dict[tuple[str, str, int], str] = {}
     bar = tqdm(jobs, desc="bissl_table", disable=not progress, dynamic_ncols=True)
     for dataset, seed, method in bar:
         bar.set_postfix_str(f"{method} on {dataset}, seed {seed}")
         column = f"{dataset}__seed{seed}"
         config = cell_config(profile, dataset, seed, roots)
         settings = settings_fingerprint(config)
+        settings_of[method, dataset, seed] = settings
         if not args.fresh and cache.get(method, column, settings) is not None:
             continue
         run_dir = out / "runs" / dataset / method / f"seed{seed}"
@@ -248,9 +250,7 @@ def main(argv: list[str] | None = None) -> Table:
                 vals = []
                 for seed in profile.seeds:
                     cell = cache.get(
-                        method,
-                        f"{dataset}__seed{seed}",
-                        settings_fingerprint(cell_config(profile, dataset, seed, roots)),
+                        method, f"{dataset}__seed{seed}", settings_of[method, dataset, seed]
                     )
                     assert cell is not None
                     vals.append(float(cell["metrics"].get(f"test_{key}", float("nan"))))

@@ -33,11 +33,10 @@ def fingerprint(*parts: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def settings_fingerprint(config: Any, *extra: Any) -> str:
-    """Fingerprint of a method config (a dataclass) plus extra settings; ``device`` is left out
-    because the same run on another device is the same result."""
-    values = {k: v for k, v in dataclasses.asdict(config).items() if k != "device"}
-    return fingerprint(values, *extra)
+def settings_fingerprint(config: Any) -> str:
+    """Fingerprint of a method config (a dataclass); ``device`` is left out because the same
+    run on another device is the same result."""
+    return fingerprint({k: v for k, v in dataclasses.asdict(config).items() if k != "device"})
 
 
 def prepare_run_dir(run_dir: Path, settings: str, fresh: bool) -> None:

@@ -589,3 +589,27 @@ def test_file_listing_reads_each_torchvision_layout_and_names_a_renamed_one() ->
     )  # fmt: skip
     with pytest.raises(UserError, match="dataset 'dtd': torchvision .* install torchvision"):
         _file_listing("dtd", SimpleNamespace(files=files, labels=[0, 1]))
+
+
+def test_downstream_evaluate_leaves_voc_difficult_pairs_out_of_the_map(tmp_path: Path) -> None:
+    """bissl's evaluate finds the loaded VOC split's difficult mask by itself."""
+    from bissl.downstream import evaluate
+    from bissl.metrics import classification_metrics
+
+    test = load("voc2007", fake_voc(tmp_path), "test")
+    scores = torch.randn(len(test), 20, generator=torch.Generator().manual_seed(0))
+
+    class FixedScores(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.row = 0
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out = scores[self.row : self.row + len(x)]
+            self.row += len(x)
+            return out
+
+    labels = torch.from_numpy(test.label_matrix)
+    got = evaluate(FixedScores(), test, batch_size=4)
+    assert got == classification_metrics(scores, labels, test.difficult_matrix)
+    assert got["map11"] != classification_metrics(scores, labels)["map11"]
