@@ -28,7 +28,7 @@ from bmssl.meta import (
 from bmssl.nets import Encoder, build_encoder
 from bmssl.tasks import TaskBatch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 D = torch.float64
 N, K, Q, B = 3, 2, 2, 2
 

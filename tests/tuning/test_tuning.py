@@ -31,7 +31,7 @@ from tuning.methods import TARGETS, get_target
 from tuning.search import SearchRequest, make_plan, run_search
 from tuning.trainables import tune_metrics
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 #: BMSSL small enough that a trial is a few seconds on one thread
 TINY_BMSSL = {
