@@ -38,7 +38,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bissl.data import load_downstream  # noqa: E402
+from bissl.batches import load_downstream  # noqa: E402
+from bissl.config import BiSSLConfig  # noqa: E402
 from bissl.hypergrad import (  # noqa: E402
     CGSettings,
     HessianVectorProduct,
@@ -55,11 +56,12 @@ from bissl.objectives import (  # noqa: E402
     pretext_loss_of_backbone,
 )
 from bissl.pipeline import pretext_encoder  # noqa: E402
-from bissl.trainer import BiSSLConfig, simclr_config  # noqa: E402
-from bmssl.baselines import load_split  # noqa: E402
+from bmssl.config import config_from_dict  # noqa: E402
 from bmssl.data import SSLViews  # noqa: E402
 from bmssl.errors import UserError, cli_entry  # noqa: E402
-from bmssl.io import seed_everything, write_json  # noqa: E402
+from bmssl.checkpoints import seed_everything  # noqa: E402
+from bmssl.io import write_json  # noqa: E402
+from bmssl.pretrain import load_split  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results"
 
@@ -130,9 +132,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     seed_everything(0)
 
-    cfg = BiSSLConfig(
-        width=args.width, pretext_steps=args.pretrain_steps, pretext_batch_size=args.batch
-    )
+    cfg = config_from_dict(
+        BiSSLConfig,
+        {"pretext.width": args.width, "pretext.steps": args.pretrain_steps,
+         "pretext.batch_size": args.batch},
+    )  # fmt: skip
     print(
         f"SimCLR pre-training: Conv4 width {args.width}, {args.pretrain_steps} steps",
         file=sys.stderr,
@@ -144,24 +148,24 @@ def main(argv: list[str] | None = None) -> int:
     idx = np.arange(args.batch)
     x = train.get_batch(idx)
     y = torch.as_tensor(np.asarray(train.targets)[idx])
-    pretext = load_split(simclr_config(cfg), "train")
-    x1, x2 = SSLViews(cfg.augment, cfg.image_size, 1).pair(pretext.get_batch(idx))
+    pretext = load_split(cfg.pretext_run(), "train")
+    x1, x2 = SSLViews(cfg.pretext.augment, cfg.image_size, 1).pair(pretext.get_batch(idx))
     theta = tuple(encoder.backbone.parameters())
     n_params = sum(p.numel() for p in theta)
-    f = pretext_loss_of_backbone(encoder, x1, x2, cfg.temperature)
+    f = pretext_loss_of_backbone(encoder, x1, x2, cfg.pretext.temperature)
 
     # -- curvature: the damped system is positive definite only above the most negative eigenvalue
     with frozen_bn_statistics(encoder):
         lo, hi = extreme_eigenvalues(HessianVectorProduct(f, theta, "reuse"), theta)
-    damp_pd = max(cfg.lam_damp, float(np.ceil(2.0 * max(0.0, -lo))))
+    damp_pd = max(cfg.bilevel.lam_damp, float(np.ceil(2.0 * max(0.0, -lo))))
     print(f"Hessian: {n_params} parameters, eigenvalues in [{lo:.3g}, {hi:.3g}]; "
           f"λ_damp for a positive definite system: {damp_pd:g}", file=sys.stderr)  # fmt: skip
 
     # -- 1. upper step: reuse vs recompute vs plain downstream step -------------------------------
     def upper(backend: str, damp: float):
         return upper_gradients(
-            encoder, model_d, x, y, x1, x2, lam=cfg.lam, lam_damp=damp, gamma=0.0,
-            temperature=cfg.temperature, settings=CGSettings(maxiter=args.cg_iters, backend=backend),
+            encoder, model_d, x, y, x1, x2, lam=cfg.bilevel.lam, lam_damp=damp, gamma=0.0,
+            temperature=cfg.pretext.temperature, settings=CGSettings(maxiter=args.cg_iters, backend=backend),
         )  # fmt: skip
 
     g_reuse, g_rec = upper("reuse", damp_pd), upper("recompute", damp_pd)
@@ -176,8 +180,8 @@ def main(argv: list[str] | None = None) -> int:
 
         def step(backend: str, iters: int = iters) -> None:
             upper_gradients(
-                encoder, model_d, x, y, x1, x2, lam=cfg.lam, lam_damp=damp_pd, gamma=0.0,
-                temperature=cfg.temperature, settings=CGSettings(maxiter=iters, backend=backend),
+                encoder, model_d, x, y, x1, x2, lam=cfg.bilevel.lam, lam_damp=damp_pd, gamma=0.0,
+                temperature=cfg.pretext.temperature, settings=CGSettings(maxiter=iters, backend=backend),
             )  # fmt: skip
 
         a = run_times(lambda: step("reuse"), max(2, args.repeats // 2))
@@ -209,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         t_hvp_rec = median_time(lambda: rec_op(v), args.repeats)
     func_enc = copy.deepcopy(encoder)
     torch.func.replace_all_batch_norm_modules_(func_enc)
-    f_func = pretext_loss_of_backbone(func_enc, x1, x2, cfg.temperature)
+    f_func = pretext_loss_of_backbone(func_enc, x1, x2, cfg.pretext.temperature)
     func_op = HessianVectorProduct(f_func, tuple(func_enc.backbone.parameters()), "func")
     t_hvp_func = median_time(lambda: func_op(v), args.repeats)
 
@@ -220,10 +224,10 @@ def main(argv: list[str] | None = None) -> int:
     curves: dict[str, Any] = {}
     with frozen_bn_statistics(encoder):
         op = HessianVectorProduct(f, theta, "reuse")
-        for damp in sorted({cfg.lam_damp, damp_pd}):
+        for damp in sorted({cfg.bilevel.lam_damp, damp_pd}):
             for mode in ("exact", "layerwise"):
                 res = conjugate_gradient(
-                    damped_operator(op, 1.0 / (cfg.lam + damp)), rhs, maxiter=args.max_iters,
+                    damped_operator(op, 1.0 / (cfg.bilevel.lam + damp)), rhs, maxiter=args.max_iters,
                     rtol=1e-6 if mode == "exact" else 0.0, mode=mode, check_residual=True,
                 )  # fmt: skip
                 curves[f"{mode}@lam_damp={damp:g}"] = {
@@ -246,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
             "parameters": n_params,
             "pretrain_steps": args.pretrain_steps,
             "threads": args.threads,
-            "lam": cfg.lam,
+            "lam": cfg.bilevel.lam,
             "repeats": args.repeats,
             "torch": torch.__version__,
             "machine": platform.machine(),

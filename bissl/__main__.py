@@ -1,48 +1,69 @@
-"""Command line: ``python -m bissl run|baseline|pretext [--config FILE] [key=value ...]``.
+"""Command line: ``python -m bissl run|baseline|pretext|print-config [--config FILE|PRESET]
+[--out DIR] [--quiet] [key=value ...]``.
 
 - ``run``: SimCLR pre-training -> head warm-up -> BiSSL -> fine-tune; prints the metrics as JSON;
 - ``baseline``: SimCLR pre-training -> fine-tune with the same fine-tuning budget;
-- ``pretext``: only the SimCLR stage; writes an ``init_from`` file for BiSSL runs and searches.
+- ``pretext``: only the SimCLR stage; writes an ``init_from`` file for BiSSL runs and searches;
+- ``print-config``: the resolved config as YAML.
 
-Options come from :class:`bissl.trainer.BiSSLConfig` (``--config`` YAML, then ``key=value``
-overrides, e.g. ``preset=paper-v2 lam=0.01 dataset=glyphs``). Outputs go to ``--out``
-(default ``results/bissl/<dataset>/<command>/seed<seed>``); rerunning resumes.
+Options come from :class:`bissl.config.BiSSLConfig`, one section per stage (``pretext.steps``,
+``warmup.lr``, ``bilevel.lam``, ``cg.mode``, ``finetune.lr``): defaults < ``--config`` (a
+preset: cpu, tiny, paper, paper-v1, paper-v2; or a YAML file) < ``key=value`` overrides.
+Outputs go to ``--out`` (default ``results/bissl/<dataset>/<command>/seed<seed>``); rerunning
+resumes.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 
-from bmssl.config import load_config, parse_args_with_overrides
+from bmssl.cli import parse_args, print_config, verb_parser
 from bmssl.errors import cli_entry
 
-COMMANDS = ("run", "baseline", "pretext")
+COMMANDS = {
+    "run": "SimCLR pretext -> head warm-up -> BiSSL -> fine-tune",
+    "baseline": "SimCLR pretext -> fine-tune, the same fine-tuning budget",
+    "pretext": "only the SimCLR pretext stage (writes an init_from file)",
+    "print-config": "print the resolved config as YAML",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from bmssl.methods import get_method
+
+    method = get_method("bissl")
     parser = argparse.ArgumentParser(
         prog="python -m bissl",
         description="BiSSL: bilevel alignment of SimCLR pre-training with a downstream task.",
-        epilog="Options (key=value): any field of bissl.trainer.BiSSLConfig.",
     )
-    parser.add_argument("command", choices=COMMANDS, help="which path to run")
-    parser.add_argument("overrides", nargs="*", help="config overrides, key=value")
-    parser.add_argument("--config", help="YAML file with BiSSLConfig fields")
-    parser.add_argument("--out", help="output directory")
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for verb, text in COMMANDS.items():
+        verb_parser(
+            sub,
+            verb,
+            text,
+            config_cls=method.config_class(),
+            out=None if verb == "print-config" else "output directory",
+            presets=tuple(method.presets),
+        )
     return parser
 
 
 @cli_entry
-def main(argv: list[str] | None = None) -> int:
-    from bissl.trainer import BiSSLConfig
+def main(argv: Sequence[str] | None = None) -> int:
+    from bmssl.methods import get_method
 
-    args = parse_args_with_overrides(build_parser(), argv)
-    config = load_config(BiSSLConfig, args.config, args.overrides)
+    args = parse_args(build_parser(), argv)
+    config = get_method("bissl").load_config(args.config, args.overrides)
+    if args.command == "print-config":
+        print_config(config)
+        return 0
     out = Path(args.out or f"results/bissl/{config.dataset}/{args.command}/seed{config.seed}")
-    progress = not args.no_progress
+    progress = not args.quiet
     if args.command == "pretext":
         from bissl.pipeline import pretext_encoder
 
@@ -52,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     from bissl.pipeline import run_method
 
     metrics = run_method("bissl" if args.command == "run" else "baseline", config, out, progress)
-    print(json.dumps(metrics, indent=2, sort_keys=True))
+    json.dump(metrics, sys.stdout, indent=2, sort_keys=True)
+    print()
     return 0
 
 

@@ -28,7 +28,8 @@ import torch.distributed as dist
 
 from bissl.objectives import (
     DownstreamModel,
-    downstream_loss,
+    bissl_term,
+    classic_term,
     frozen_bn_statistics,
     has_running_stats,
     pretext_loss_of_backbone,
@@ -406,7 +407,7 @@ def upper_gradients(
     theta_d = tuple(model_d.backbone.parameters())
     red = reduce if reduce is not None else (lambda t: tuple(t))
 
-    loss_a = downstream_loss(model_d.head(encoder_p.backbone(x)), y)
+    loss_a = bissl_term(encoder_p.backbone, model_d, x, y)
     grads = torch.autograd.grad(loss_a, head + theta_p)
     g_head = red(grads[: len(head)])
     v = red(grads[len(head) :])
@@ -425,7 +426,7 @@ def upper_gradients(
     g_backbone = cg.x
 
     if gamma != 0:
-        loss_b = downstream_loss(model_d(x), y)
+        loss_b = classic_term(model_d, x, y)
         classic = red(torch.autograd.grad(loss_b, theta_d + head))
         g_backbone = tree_add(g_backbone, classic[: len(theta_d)], gamma)
         g_head = tree_add(g_head, classic[len(theta_d) :], gamma)

@@ -1,4 +1,4 @@
-"""BiSSL's two objectives (arXiv 2410.02387, as specified in DESIGN.md).
+"""BiSSL's two objectives (arXiv 2410.02387, as specified in docs/design.md).
 
 Lower level (pretext), over backbone θ_P and projector φ_P:
     L_P = NT-Xent(θ_P, φ_P) + λ/2 · Σ ||θ_P − stopgrad(θ_D)||²      (backbone parameters only)
@@ -50,11 +50,19 @@ def downstream_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def pretext_loss(
-    encoder: Encoder, x1: torch.Tensor, x2: torch.Tensor, temperature: float = 0.5
+    encoder: nn.Module,
+    x1: torch.Tensor,
+    x2: torch.Tensor,
+    temperature: float = 0.5,
+    gather: bool = False,
 ) -> torch.Tensor:
-    """NT-Xent of two views ``[B, C, H, W]``; one forward over both (BatchNorm sees 2B images)."""
+    """NT-Xent of two views ``[B, C, H, W]``; one forward over both (BatchNorm sees 2B images).
+
+    ``encoder`` may be a DistributedDataParallel wrapper; ``gather`` takes the negatives from
+    every process.
+    """
     z = encoder(torch.cat([x1, x2]))
-    return nt_xent(z[: len(x1)], z[len(x1) :], temperature)
+    return nt_xent(z[: len(x1)], z[len(x1) :], temperature, gather=gather)
 
 
 def proximal_penalty(backbone_p: nn.Module, backbone_d: nn.Module, lam: float) -> torch.Tensor:
@@ -74,11 +82,28 @@ def lower_objective(
     x2: torch.Tensor,
     lam: float,
     temperature: float = 0.5,
+    model: nn.Module | None = None,
+    gather: bool = False,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Lower-level loss ``L_P`` (gradients to θ_P and φ_P) and its two parts for logging."""
-    ntx = pretext_loss(encoder_p, x1, x2, temperature)
+    """Lower-level loss ``L_P`` (gradients to θ_P and φ_P) and its two parts for logging.
+
+    ``model`` runs the forward pass (``encoder_p`` itself, or its DDP wrapper).
+    """
+    ntx = pretext_loss(encoder_p if model is None else model, x1, x2, temperature, gather)
     prox = proximal_penalty(encoder_p.backbone, backbone_d, lam)
     return ntx + prox, {"pretext_loss": float(ntx.detach()), "prox": float(prox.detach())}
+
+
+def bissl_term(
+    backbone_p: nn.Module, model_d: DownstreamModel, x: torch.Tensor, y: torch.Tensor
+) -> torch.Tensor:
+    """``CE(head_D(backbone_P(x)), y)``: the upper loss through the lower solution θ_P."""
+    return downstream_loss(model_d.head(backbone_p(x)), y)
+
+
+def classic_term(model_d: DownstreamModel, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``CE(model_D(x), y)``: the classic downstream loss of θ_D, weighted by γ."""
+    return downstream_loss(model_d(x), y)
 
 
 def upper_objective(
@@ -89,19 +114,14 @@ def upper_objective(
     gamma: float,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Upper-level loss ``L_U`` = CE(head_D(backbone_P(x))) + γ·CE(model_D(x)) and its parts."""
-    bissl_term = downstream_loss(model_d.head(backbone_p(x)), y)
-    total = bissl_term
-    parts = {"upper_loss": float(bissl_term.detach())}
+    bissl = bissl_term(backbone_p, model_d, x, y)
+    total = bissl
+    parts = {"upper_loss": float(bissl.detach())}
     if gamma != 0:
-        classic = downstream_loss(model_d(x), y)
+        classic = classic_term(model_d, x, y)
         total = total + gamma * classic
         parts["classic_loss"] = float(classic.detach())
     return total, parts
-
-
-def backbone_params(encoder: Encoder) -> Tensors:
-    """θ_P as a tuple of the backbone's parameter tensors (the variables of the hypergradient)."""
-    return tuple(encoder.backbone.parameters())
 
 
 def pretext_loss_of_backbone(

@@ -3,7 +3,7 @@
 BiSSL:    SimCLR pre-training -> head warm-up on the frozen backbone -> BiSSL -> fine-tune θ_P
 Baseline: SimCLR pre-training -> fine-tune (the same fine-tuning: steps, lr, wd, head warm-up)
 
-With ``baseline_matched_pretext`` the baseline's SimCLR stage runs ``pretext_steps +
+With ``baseline_matched_pretext`` the baseline's SimCLR stage runs ``pretext.steps +
 alternations·lower_steps`` steps, so both paths give the backbone the same number of pretext
 updates. Metrics are measured on the downstream val and test splits (percent): top-1, top-5, and
 11-point mAP for multi-label sets. Stage outputs live under ``out_dir`` and are reused on rerun.
@@ -14,48 +14,55 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from bissl.data import load_downstream
-from bissl.downstream import finetune
-from bissl.trainer import BiSSLConfig, BiSSLTrainer, simclr_config
-from bmssl.baselines import SimCLRTrainer, encoder_for, load_split
+from bissl.batches import load_downstream
+from bissl.bilevel import BiSSLTrainer
+from bissl.config import BiSSLConfig
+from bissl.finetune import finetune
+from bmssl.errors import UserError
+from bmssl.checkpoints import load_checkpoint, save_weights
 from bmssl.io import atomic_write, write_json
 from bmssl.nets import Encoder
+from bmssl.pretrain import encoder_for, load_split
+from bmssl.simclr import SimCLRTrainer
 
 __all__ = [
-    "PRETEXT_FIELDS",
     "baseline_pretext_steps",
     "finetune",
     "load_splits",
     "pretext_encoder",
     "run_baseline",
     "run_bissl",
+    "run_finetune",
     "run_method",
+    "shared_pretext",
 ]
 
-#: the config fields that determine the pretext stage (its cache key)
-PRETEXT_FIELDS = (
-    "pretext_dataset", "pretext_root", "image_size", "backbone", "width", "bn", "proj_hidden",
-    "proj_dim", "pretext_lr", "pretext_batch_size", "augment", "temperature", "seed",
-)  # fmt: skip
+#: SimCLR options that do not change the trained encoder (left out of the pretext cache key)
+_NOT_IN_KEY = ("eval_every", "eval_episodes", "eval_n_way", "eval_k_shot", "log_every", "device")
 
 
 def pretext_key(config: BiSSLConfig, steps: int) -> str:
-    """Short hash naming a pretext run: its config fields and step count."""
-    fields = {k: getattr(config, k) for k in PRETEXT_FIELDS}
+    """Short hash naming a pretext run: its SimCLR settings (seed included) and step count."""
+    fields = dataclasses.asdict(config.pretext_run(steps))
+    for name in _NOT_IN_KEY:
+        fields.pop(name, None)
     fields["steps"] = steps
     return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def baseline_pretext_steps(config: BiSSLConfig) -> int:
     """SimCLR steps of the baseline path (matched to BiSSL's pretext updates if configured)."""
-    extra = config.alternations * config.lower_steps if config.baseline_matched_pretext else 0
-    return config.pretext_steps + extra
+    bil = config.bilevel
+    extra = bil.alternations * bil.lower_steps if config.baseline_matched_pretext else 0
+    return config.pretext.steps + extra
 
 
 def pretext_encoder(
@@ -64,20 +71,20 @@ def pretext_encoder(
     cache_dir: str | Path | None = None,
     progress: bool = False,
 ) -> tuple[Encoder, Path | None]:
-    """SimCLR-pre-trained encoder (bmssl.baselines.SimCLRTrainer) for ``steps`` steps.
+    """SimCLR-pre-trained encoder (:class:`bmssl.simclr.SimCLRTrainer`) for ``steps`` steps.
 
     With ``cache_dir`` the run checkpoints under ``<cache_dir>/pretext-<key>/`` (resumable) and
     the finished encoder is stored as ``<cache_dir>/pretext-<key>.pt`` (``{"encoder": ...}``),
     which later calls load instead of training. Returns the encoder and that file.
     """
-    steps = config.pretext_steps if steps is None else steps
-    cfg = simclr_config(config, steps)
+    steps = config.pretext.steps if steps is None else steps
+    cfg = config.pretext_run(steps)
     path = None
     if cache_dir is not None:
         path = Path(cache_dir) / f"pretext-{pretext_key(config, steps)}.pt"
         if path.is_file():
             encoder = encoder_for(load_split(cfg, "train"), cfg)
-            encoder.load_state_dict(torch.load(path, map_location="cpu")["encoder"])
+            encoder.load_state_dict(load_checkpoint(path, restore_rng=False)["encoder"])
             return encoder, path
     if steps == 0:
         torch.manual_seed(config.seed)
@@ -152,13 +159,17 @@ def _finetune_and_record(
     progress: bool,
     extra: dict[str, float],
 ) -> dict[str, float]:
-    """Fine-tune ``backbone`` on the downstream splits, then write and return the metrics."""
+    """Fine-tune ``backbone`` on the downstream splits, then write the fine-tuned network
+    (``finetuned.pt``, a plain state_dict of backbone ``0.*`` and head ``1.*``) and the
+    metrics (``metrics.json``); returns the metrics."""
+    kept: dict[str, torch.nn.Module] = {}
     metrics = finetune(
         backbone, config, splits["train"], splits["val"], test_set=splits["test"],
-        progress=progress,
+        progress=progress, keep=kept,
     )  # fmt: skip
     metrics.update(extra)
     metrics["wall_s"] = time.perf_counter() - started
+    save_weights(out_dir / "finetuned.pt", kept["model"].state_dict())
     write_json(
         out_dir / "metrics.json",
         {"method": method, "config": dataclasses.asdict(config), "metrics": metrics},
@@ -179,3 +190,68 @@ def run_method(
     check_choice("method", method, ("bissl", "baseline"))
     run = run_bissl if method == "bissl" else run_baseline
     return run(config, out_dir, progress, pretext_cache)
+
+
+def shared_pretext(base: BiSSLConfig, directory: Path) -> dict[str, Any]:
+    """Overrides for a search's base config: ``init_from`` = one SimCLR pretext encoder that
+    every trial starts from (the paper's searches share one pre-trained encoder too).
+
+    Nothing to do when ``init_from`` is set. The file is cached under ``directory`` (keyed by
+    the pretext settings), so a resumed search does not pre-train again.
+    """
+    if base.init_from is not None:
+        return {}
+    print(
+        f"bissl: SimCLR pretext stage ({base.pretext.steps} steps), shared by every trial",
+        file=sys.stderr,
+    )
+    _, path = pretext_encoder(base, None, cache_dir=directory, progress=False)
+    assert path is not None
+    return {"init_from": str(path)}
+
+
+def load_backbone(config: BiSSLConfig) -> torch.nn.Module:
+    """The backbone stored in ``config.init_from``: a pretext file (``{"encoder": ...}``, the
+    baseline path's backbone) or a BiSSL trainer checkpoint (its lower backbone θ_P)."""
+    if config.init_from is None:
+        raise UserError(
+            "fine-tuning needs a trained backbone: set init_from to a file written by "
+            "`python -m bissl pretext` or to a BiSSL run's checkpoints/last.pt"
+        )
+    state = load_checkpoint(config.init_from, restore_rng=False)
+    if "encoder" in state:
+        weights = state["encoder"]
+    elif isinstance(state.get("trainer"), dict) and "encoder_p" in state["trainer"]:
+        weights = state["trainer"]["encoder_p"]
+    else:
+        raise UserError(
+            f"init_from={config.init_from!r} holds neither pretext weights ('encoder') nor a "
+            "BiSSL checkpoint ('trainer' -> 'encoder_p')"
+        )
+    cfg = config.pretext_run()
+    encoder = encoder_for(load_split(cfg, "train"), cfg)
+    encoder.load_state_dict(weights)
+    return encoder.backbone
+
+
+FINETUNE_RESULT = "finetune.json"
+
+
+def run_finetune(
+    config: BiSSLConfig,
+    out_dir: Path,
+    on_eval: Callable[[int, dict[str, float], Path | None], None],
+) -> tuple[dict[str, float], int, Path | None]:
+    """A fine-tuning trial: fine-tune ``load_backbone(config)`` once and report the metrics
+    (or return those a restored trial directory holds). ``(metrics, step, checkpoint)``, like a
+    trainer run; the metrics file is the trial's checkpoint, so a finished trial never reruns."""
+    path = out_dir / "checkpoints" / FINETUNE_RESULT
+    steps = config.finetune.steps
+    if path.is_file():
+        return json.loads(path.read_text()), steps, path
+    splits = load_splits(config)
+    metrics = finetune(load_backbone(config), config, splits["train"], splits["val"])
+    metrics["step"] = float(steps)
+    write_json(path, metrics)
+    on_eval(steps, metrics, path)
+    return metrics, steps, path

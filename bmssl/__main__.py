@@ -1,63 +1,103 @@
-"""Command line: ``python -m bmssl train|eval``.
+"""Command line: ``python -m bmssl methods|train|eval|export|print-config``.
 
-    python -m bmssl train --config reproduce/configs/bmssl_cpu.yaml --out runs/bmssl steps=500
-    python -m bmssl eval --out runs/bmssl --split test --n-way 5 --k-shot 1
+    python -m bmssl methods
+    python -m bmssl train bmssl --config cpu --out runs/bmssl steps=500
+    python -m bmssl train simclr --config cpu --out runs/simclr
+    python -m bmssl print-config meta-ssl --config cpu
+    python -m bmssl eval --out runs/bmssl split=test n_way=5 k_shot=1
+    python -m bmssl export --out runs/bmssl            # runs/bmssl/backbone.pt (a state_dict)
 
-``train`` loads :class:`bmssl.meta.BMSSLConfig` from the YAML file, applies the trailing
-``key=value`` overrides, writes ``<out>/config.yaml`` and trains, resuming from
-``<out>/checkpoints/last.pt`` when it exists; the final metrics go to ``<out>/metrics.json``.
-``eval`` rebuilds the encoder from a checkpoint and reports few-shot accuracy ± 95% CI of its
-backbone on a split, written to ``<out>/eval/<split>_<N>way<K>shot_<classifier>.json``.
+``train METHOD`` (default ``bmssl``) builds the method's config (defaults < ``--config`` preset
+or YAML file < ``key=value`` overrides), checks it and its data, writes ``<out>/config.yaml``
+and trains, resuming from ``<out>/checkpoints/last.pt`` when it exists. ``eval`` rebuilds the
+backbone of any registered method's checkpoint and reports few-shot accuracy ± 95% CI on a
+split, written to ``<out>/eval/<split>_<N>way<K>shot_<classifier>.json``.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
-from bmssl.config import parse_args_with_overrides
+from bmssl.cli import parse_args, print_config, split_positional, verb_parser
 from bmssl.errors import UserError, cli_entry
 
+DEFAULT_METHOD = "bmssl"
 
-def _parser() -> argparse.ArgumentParser:
+
+def _parser(method: str | None) -> argparse.ArgumentParser:
+    from bmssl.evaluate import EvalConfig
+    from bmssl.methods import get_method, list_methods
+
     parser = argparse.ArgumentParser(prog="python -m bmssl", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-
-    train = sub.add_parser("train", help="meta-train an encoder with BMSSL")
-    train.add_argument("--config", type=Path, help="YAML file of BMSSLConfig options")
-    train.add_argument("--out", type=Path, help="run directory (checkpoints, history, config)")
-    train.add_argument("--no-progress", action="store_true", help="no progress bar")
-    train.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. steps=100")
-
-    ev = sub.add_parser("eval", help="few-shot evaluation of a trained encoder")
-    where = ev.add_mutually_exclusive_group(required=True)
-    where.add_argument("--out", type=Path, help="run directory (uses checkpoints/last.pt)")
-    where.add_argument("--checkpoint", type=Path, help="a checkpoint file written by train")
-    ev.add_argument("--split", default="test", choices=("train", "val", "test"))
-    ev.add_argument("--n-way", type=int, default=5)
-    ev.add_argument("--k-shot", type=int, default=1)
-    ev.add_argument("--n-query", type=int, default=15)
-    ev.add_argument("--episodes", type=int, default=2000)
-    ev.add_argument("--classifier", default="proto", choices=("proto", "logreg", "finetune"))
-    ev.add_argument("--seed", type=int, default=0, help="seed of the episode sampler")
-    ev.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sub.add_parser("methods", help="list the registered methods")
+    names = ", ".join(m.name for m in list_methods())
+    shown = get_method(method or DEFAULT_METHOD)
+    for verb, text in (
+        ("train", f"train METHOD (one of: {names}; default {DEFAULT_METHOD})"),
+        ("print-config", "print the resolved config of METHOD as YAML"),
+    ):
+        verb_parser(
+            sub,
+            verb,
+            text,
+            config_cls=shown.config_class(),
+            out="run directory (checkpoints, history, config)" if verb == "train" else None,
+            presets=tuple(shown.presets),
+        )
+    ev = verb_parser(
+        sub,
+        "eval",
+        "few-shot evaluation of a trained encoder's backbone",
+        config_cls=EvalConfig,
+        config=False,
+        out="run directory (uses checkpoints/last.pt)",
+    )
+    ev.add_argument("--checkpoint", type=Path, help="a checkpoint file written by train")
+    ex = verb_parser(
+        sub,
+        "export",
+        "write the backbone of a run as a plain state_dict (torch.load(..., weights_only=True))",
+        config=False,
+        out="run directory (uses checkpoints/last.pt)",
+    )
+    ex.add_argument("--checkpoint", type=Path, help="a checkpoint file written by train")
+    ex.add_argument("--to", type=Path, help="output file (default <run>/backbone.pt)")
     return parser
 
 
-def _train(args: argparse.Namespace) -> dict:
-    from bmssl.config import config_to_yaml, load_config
-    from bmssl.io import write_json, write_text
-    from bmssl.meta import BMSSLConfig, BMSSLTrainer
+def _method_and_config(args: argparse.Namespace):
+    from bmssl.methods import get_method
 
-    config = load_config(BMSSLConfig, args.config, args.overrides)
+    name, overrides = split_positional(args.overrides)
+    method = get_method(name or DEFAULT_METHOD)
+    return method, method.load_config(args.config, overrides)
+
+
+def _train(args: argparse.Namespace) -> dict:
+    from bmssl.config import config_to_yaml
+    from bmssl.io import write_json, write_text
+
+    method, config = _method_and_config(args)
+    trainer_cls = method.trainer_class()
+    if trainer_cls is None:
+        raise UserError(
+            f"method {method.name!r} is not trained; evaluate it with reproduce/table1.py"
+        )
+    trainer = trainer_cls(config, args.out, progress=not args.quiet)  # checks settings and data
     if args.out is not None:
-        write_text(args.out / "config.yaml", config_to_yaml(config))
-    trainer = BMSSLTrainer(config, args.out, progress=not args.no_progress)
-    if trainer.checkpoint_path is not None and trainer.checkpoint_path.is_file():
-        print(f"resuming from {trainer.checkpoint_path}", file=sys.stderr)
+        from bmssl.io import ensure_writable_dir
+        from bmssl.runlock import RunLock
+
+        ensure_writable_dir(args.out)
+        with RunLock(args.out, what=f"{method.name} run"):
+            if trainer.maybe_resume():  # a refused resume leaves the folder as it was
+                print(f"resuming from {trainer.checkpoint_path}", file=sys.stderr)
+            write_text(args.out / "config.yaml", config_to_yaml(config))
     metrics = trainer.fit()
     if args.out is not None:
         write_json(args.out / "metrics.json", metrics)
@@ -65,64 +105,107 @@ def _train(args: argparse.Namespace) -> dict:
     return metrics
 
 
-def _eval(args: argparse.Namespace) -> dict:
-    from bmssl.baselines import encoder_for, load_split
-    from bmssl.config import config_from_dict
-    from bmssl.evaluate import evaluate_fewshot
-    from bmssl.io import load_checkpoint, write_json
-    from bmssl.meta import BMSSLConfig
-    from bmssl.trainer import resolve_device
-
+def _checkpoint_path(args: argparse.Namespace) -> Path:
+    if args.checkpoint is None and args.out is None:
+        raise UserError("pass --out RUN_DIR (uses its checkpoints/last.pt) or --checkpoint FILE")
     path = args.checkpoint if args.checkpoint is not None else args.out / "checkpoints" / "last.pt"
     if not path.is_file():
         raise UserError(f"no checkpoint at {str(path)!r}; train first or pass --checkpoint PATH")
-    state = load_checkpoint(path, restore_rng=False)
-    if state.get("method") != "bmssl":
-        raise UserError(f"{str(path)!r} was written by {state.get('method')!r}, not by bmssl")
-    known = {f.name for f in dataclasses.fields(BMSSLConfig)}
-    config = config_from_dict(
-        BMSSLConfig, {k: v for k, v in state["trainer"]["config"].items() if k in known}
-    )
-    data = load_split(config, args.split)
-    encoder = encoder_for(data, config)
-    encoder.load_state_dict(state["trainer"]["encoder"])
-    encoder.to(resolve_device(config.device))
+    return path
+
+
+def _eval(args: argparse.Namespace) -> dict:
+    from bmssl.config import load_config
+    from bmssl.evaluate import EvalConfig, evaluate_fewshot
+    from bmssl.io import write_json
+    from bmssl.pretrain import load_split
+    from bmssl.trainer import load_trained
+
+    settings = load_config(EvalConfig, None, args.overrides)
+    path = _checkpoint_path(args)
+    trained = load_trained(path)
+    config = trained.config
+    data = load_split(config, settings.split)
     result = evaluate_fewshot(
-        encoder.backbone,
+        trained.backbone,
         data,
-        n_way=args.n_way,
-        k_shot=args.k_shot,
-        n_query=args.n_query,
-        episodes=args.episodes,
-        classifier=args.classifier,
-        seed=args.seed,
-        progress=not args.no_progress,
+        n_way=settings.n_way,
+        k_shot=settings.k_shot,
+        n_query=settings.n_query,
+        episodes=settings.episodes,
+        classifier=settings.classifier,
+        seed=settings.seed,
+        progress=not args.quiet,
     )
     report = {
         "checkpoint": str(path),
-        "step": int(state["step"]),
+        "method": trained.method,
+        "step": trained.step,
         "dataset": config.dataset,
-        "split": args.split,
-        "n_way": args.n_way,
-        "k_shot": args.k_shot,
-        "classifier": args.classifier,
+        "split": settings.split,
+        "n_way": settings.n_way,
+        "k_shot": settings.k_shot,
+        "classifier": settings.classifier,
         **result.as_dict(),
     }
     run_dir = args.out if args.out is not None else path.parent.parent
-    name = f"{args.split}_{args.n_way}way{args.k_shot}shot_{args.classifier}.json"
+    name = f"{settings.split}_{settings.n_way}way{settings.k_shot}shot_{settings.classifier}.json"
     write_json(run_dir / "eval" / name, report)
-    print(f"{config.dataset} {args.split} {args.n_way}-way {args.k_shot}-shot: {result} %")
+    print(
+        f"{config.dataset} {settings.split} {settings.n_way}-way {settings.k_shot}-shot: {result} %"
+    )
     return report
 
 
+def _export(args: argparse.Namespace) -> Path:
+    from bmssl.checkpoints import save_weights
+    from bmssl.trainer import load_trained
+
+    if args.overrides:
+        raise UserError(f"export takes no options; got {' '.join(args.overrides)}")
+    path = _checkpoint_path(args)
+    trained = load_trained(path)
+    target = args.to if args.to is not None else path.parent.parent / "backbone.pt"
+    save_weights(target, trained.backbone.state_dict())
+    print(f"wrote the {trained.method} backbone (step {trained.step}) to {target}")
+    return target
+
+
+def _first_word(tokens: list[str]) -> str | None:
+    """The first bare word of ``tokens`` that is not the value of an option (the method)."""
+    skip = False
+    for token in tokens:
+        if skip:
+            skip = False
+        elif token.startswith("-"):
+            skip = "=" not in token and token not in ("--quiet", "-h", "--help")
+        elif "=" not in token:
+            return token
+    return None
+
+
 @cli_entry
-def main(argv: list[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of ``python -m bmssl`` and the ``bmssl`` script (returns None: exit code 0)."""
-    args = parse_args_with_overrides(_parser(), argv)
-    if args.command == "train":
+    argv = list(sys.argv[1:] if argv is None else argv)
+    method = None
+    if len(argv) > 1 and argv[0] in ("train", "print-config"):
+        method = _first_word(argv[1:])
+    args = parse_args(_parser(method), argv, positional=True)
+    if args.command == "methods":
+        from bmssl.methods import list_methods
+
+        for m in list_methods():
+            presets = ", ".join(m.presets) or "-"
+            print(f"{m.name:<16} {m.description} [presets: {presets}]")
+    elif args.command == "train":
         _train(args)
-    else:
+    elif args.command == "print-config":
+        print_config(_method_and_config(args)[1])
+    elif args.command == "eval":
         _eval(args)
+    else:
+        _export(args)
 
 
 if __name__ == "__main__":

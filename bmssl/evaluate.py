@@ -23,6 +23,25 @@ from bmssl.errors import UserError, check_choice, check_positive
 CLASSIFIERS = ("proto", "logreg", "finetune")
 
 
+@dataclass
+class EvalConfig:
+    """Settings of a few-shot evaluation (``python -m bmssl eval``)."""
+
+    split: str = "test"
+    n_way: int = 5
+    k_shot: int = 1
+    n_query: int = 15
+    episodes: int = 2000
+    classifier: str = "proto"
+    seed: int = 0
+
+    def validate(self) -> None:
+        check_choice("split", self.split, ("train", "val", "test"))
+        check_choice("classifier", self.classifier, CLASSIFIERS)
+        for name in ("n_way", "k_shot", "n_query", "episodes"):
+            check_positive(name, getattr(self, name))
+
+
 @dataclass(frozen=True)
 class Episode:
     """Item indices ``support [N·K]``, ``query [N·Q]`` and their episode labels ``0..N-1``."""

@@ -1,36 +1,160 @@
-"""Atomic file writes and checkpoint save/load with RNG state, so killed runs resume exactly."""
+"""Atomic file writes that respect the umask, and output folders checked before any work.
+
+A reader never sees a half-written file and a killed writer leaves the old file intact;
+checkpoints and weights are in :mod:`bmssl.checkpoints`.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import random
+import re
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
+
+from bmssl.errors import (
+    ENVIRONMENT_ERRNOS,
+    UserError,
+    describe_os_error,
+)
+
+__all__ = ["atomic_write", "current_umask", "ensure_writable_dir", "write_json", "write_text"]
+
+# -- umask ------------------------------------------------------------------------------------
+
+_UMASK_LOCK = threading.Lock()
+_PROC_UMASK = re.compile(rb"^Umask:\s*([0-7]+)\s*$", re.MULTILINE)
+
+
+def current_umask() -> int:
+    """The process umask, read at each call so a program (or test) that changes it is followed.
+
+    Linux reports it in ``/proc/self/status``, which reads it without changing it. Elsewhere the
+    only way is to set and restore it; that is done under a lock and through the restrictive
+    ``0o077``, so a file another thread creates in that instant is private rather than
+    world-writable.
+    """
+    with contextlib.suppress(OSError):
+        with open("/proc/self/status", "rb") as status:
+            found = _PROC_UMASK.search(status.read())
+        if found:
+            return int(found.group(1), 8)
+    with _UMASK_LOCK:
+        old = os.umask(0o077)
+        os.umask(old)
+    return old
+
+
+# -- atomic writes ----------------------------------------------------------------------------
+
+
+def _environment_oserror(exc: BaseException) -> OSError | None:
+    """The disk-full / read-only / no-permission / not-a-folder OSError behind ``exc``, if any.
+
+    ``torch.save`` reports a full disk as a ``RuntimeError`` raised while handling the
+    ``OSError``; the cause is what the user needs to hear.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in ENVIRONMENT_ERRNOS:
+            return current
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: str = "w") -> Path:
     """Write a file through ``write(fileobj)`` into a temp file, then rename it over ``path``.
 
-    A reader never sees a half-written file, and a killed writer leaves the old file intact.
+    A reader never sees a half-written file, and a killed writer (or a full disk) leaves the old
+    file intact and no temp file behind. The file gets the mode a plain ``open()`` would give a
+    new file (``0o666 & ~umask``), not ``mkstemp``'s private ``0o600``, so collaborators on shared
+    storage can read results. A full disk, read-only file system, missing permission or a parent
+    that is a file is raised as an ``OSError`` that names ``path``, even when the writer (e.g.
+    ``torch.save``) wrapped it in another exception, so ``cli_entry`` can print one line.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp: str | None = None
     try:
-        with os.fdopen(fd, mode) as handle:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        # Some network or FUSE file systems refuse chmod; the file then stays private, which
+        # loses nothing.
+        with contextlib.suppress(OSError):
+            os.fchmod(fd, 0o666 & ~current_umask())
+        try:
+            handle = os.fdopen(fd, mode)
+        except BaseException:
+            os.close(fd)
+            raise
+        with handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    except BaseException as exc:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        cause = _environment_oserror(exc) if isinstance(exc, Exception) else None
+        if cause is None:
+            raise
+        # Name the target, not the random temp name (mkdir errors keep the folder they name).
+        filename = cause.filename
+        temp_prefix = str(path.parent / f".{path.name}.")
+        if filename is None or str(filename).startswith(temp_prefix):
+            filename = str(path)
+        if cause is exc and filename == cause.filename:
+            raise
+        raise OSError(cause.errno, cause.strerror, filename) from exc
+    return path
+
+
+def ensure_writable_dir(path: str | os.PathLike, option: str = "--out") -> Path:
+    """Create the folder ``path`` (and its parents) and check that files can be written there.
+
+    Meant for CLIs to validate ``--out`` before doing any work. Raises a one-line
+    :class:`UserError` when the folder cannot be created or written: read-only file system, no
+    permission, a parent (or ``path`` itself) is a file, or the disk is full. ``option`` is the
+    flag named in the message.
+    """
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise UserError(
+            f"{option} {str(path)!r} is a file, not a folder; choose another {option}"
+        ) from None
+    except OSError as err:
+        message = describe_os_error(err, option)
+        if message is None:
+            raise
+        raise UserError(message) from err
+    try:
+        # Creating the folder can succeed where writing cannot (an existing folder on a
+        # read-only mount, a full disk), so write and sync one byte for real.
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", suffix=".tmp", dir=path)
+        try:
+            os.write(fd, b"\0")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(probe)
+    except OSError as err:
+        if err.filename is None or str(err.filename).startswith(str(path / ".write-test.")):
+            err = OSError(err.errno, err.strerror, str(path))
+        message = describe_os_error(err, option)
+        if message is None:
+            raise
+        raise UserError(message) from err
     return path
 
 
@@ -52,50 +176,3 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
-
-
-def rng_state() -> dict[str, Any]:
-    """Snapshot of every global RNG a CPU training run draws from."""
-    return {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-    }
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore a snapshot taken by :func:`rng_state`."""
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-
-
-def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch so that a CPU run repeats exactly."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
-    """Atomically save ``state`` (plus the global RNG state) with ``torch.save``."""
-    payload = dict(state)
-    payload["rng"] = rng_state()
-    return atomic_write(path, lambda f: torch.save(payload, f), mode="wb")
-
-
-def load_checkpoint(path: str | os.PathLike, restore_rng: bool = True) -> dict[str, Any]:
-    """Load a checkpoint written by :func:`save_checkpoint`; restore global RNGs by default."""
-    state = torch.load(Path(path), map_location="cpu", weights_only=False)
-    if restore_rng and "rng" in state:
-        set_rng_state(state["rng"])
-    return state
-
-
-def latest_checkpoint(directory: str | os.PathLike, pattern: str = "step_*.pt") -> Path | None:
-    """Checkpoint in ``directory`` with the highest step number, or None."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        return None
-    found = sorted(directory.glob(pattern), key=lambda p: int(p.stem.rsplit("_", 1)[-1]))
-    return found[-1] if found else None

@@ -1,4 +1,4 @@
-"""BMSSL: bootstrapped meta self-supervised learning (DESIGN.md, "BMSSL, as implemented here").
+"""BMSSL: bootstrapped meta self-supervised learning (docs/design.md, "BMSSL, as implemented here").
 
 Per task (N images, K support and Q query views, pseudo-label = image index):
 
@@ -17,21 +17,20 @@ on parameter dicts; :class:`BMSSLTrainer` is the thin driver.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bmssl.baselines import FewShotValidation, RunConfig, encoder_for, load_split
 from bmssl.data.views import STRENGTHS
-from bmssl.errors import UserError, check_choice, check_positive
+from bmssl.errors import UserError, check_choice, check_nonnegative, check_positive
 from bmssl.inner import BACKENDS, InnerLoop, Params, functional_twin, open_inner_loop
 from bmssl.losses import kl_matching, nt_xent, prototype_logits
 from bmssl.nets import Encoder
+from bmssl.pretrain import EncoderState, FewShotValidation, RunConfig
 from bmssl.tasks import Task, TaskBatch, TaskSampler
 from bmssl.trainer import Trainer
 
@@ -67,6 +66,11 @@ class BMSSLConfig(RunConfig):
     vmap: bool = True  # func backend only: vmap over the B tasks (higher always loops)
     first_order: bool = False
 
+    @property
+    def views_per_step(self) -> int:
+        """B tasks × N images × (K + Q) views; the δ bootstrap steps reuse them."""
+        return self.meta_batch * self.n_way * (self.k_support + self.q_query)
+
     def validate(self) -> None:
         """Raise :class:`UserError` naming the first bad value and how to fix it."""
         super().validate()
@@ -80,8 +84,7 @@ class BMSSLConfig(RunConfig):
         for name in ("inner_steps", "bootstrap_steps"):
             if getattr(self, name) < 0:
                 raise UserError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.beta < 0:
-            raise UserError(f"beta must be >= 0, got {self.beta}")
+        check_nonnegative("beta", self.beta)
         if self.bootstrap_steps == 0 and self.beta == 0:
             raise UserError(
                 "bootstrap_steps=0 and beta=0 leave no meta-objective; "
@@ -371,7 +374,7 @@ def _higher_gradient(
 # -- driver -------------------------------------------------------------------------------------
 
 
-class BMSSLTrainer(FewShotValidation, Trainer):
+class BMSSLTrainer(EncoderState, FewShotValidation, Trainer):
     """Meta-trains an :class:`Encoder` with BMSSL; validation = few-shot accuracy on "val".
 
     One step = one meta-batch of B reconstructed tasks and one Adam step on θ.
@@ -379,14 +382,20 @@ class BMSSLTrainer(FewShotValidation, Trainer):
 
     method = "bmssl"
 
+    @property
+    def nonfinite_hint(self) -> str:
+        c = self.config
+        return (
+            f"lower outer_lr (now {c.outer_lr}) or inner_lr (now {c.inner_lr}), or raise tau "
+            f"(now {c.tau})"
+        )
+
     def __init__(
         self, config: BMSSLConfig, out_dir: str | Path | None = None, progress: bool = True
     ) -> None:
         config.validate()
         super().__init__(config, out_dir, progress)
-        self.train_set = load_split(config, "train")
-        self.val_set = load_split(config, "val")
-        self.encoder: Encoder = encoder_for(self.train_set, config).to(self.device)
+        self.build_data_and_encoder()
         self.sampler = TaskSampler(
             self.train_set,
             config.n_way,
@@ -402,8 +411,9 @@ class BMSSLTrainer(FewShotValidation, Trainer):
         self._model = model_for_backend(self.encoder, config.backend)
 
     def train_step(self, step: int) -> dict[str, float]:
-        # Views are made on the CPU (the sampler's RNG stream must not depend on the device).
-        batch = self.sampler.sample(step).to(self.device, non_blocking=True)
+        # The views' parameters are drawn on the CPU from (seed, step) and applied on the
+        # device, so a run repeats exactly whatever device makes them.
+        batch = self.sampler.sample(step, device=self.device)
         self.encoder.train()
         params: dict[str, torch.Tensor] = dict(self.encoder.named_parameters())
         result = meta_gradient(params, self._model, batch, self.config)
@@ -422,28 +432,6 @@ class BMSSLTrainer(FewShotValidation, Trainer):
         self.encoder.train()
         for task in batch.tasks():
             self.encoder(task.support)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "encoder": self.encoder.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "config": dataclasses.asdict(self.config),
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        saved = state.get("config", {})
-        # steps and evaluation settings may change on resume (train longer); the rest may not.
-        free = {"steps", "eval_every", "eval_episodes", "device"}
-        now = dataclasses.asdict(self.config)
-        changed = sorted(k for k in saved if k not in free and saved[k] != now.get(k))
-        if changed:
-            diffs = ", ".join(f"{k}: {saved[k]!r} -> {now.get(k)!r}" for k in changed)
-            raise UserError(
-                f"the checkpoint in {self.out_dir} was trained with other settings ({diffs}); "
-                f"use a fresh --out directory or the original settings"
-            )
-        self.encoder.load_state_dict(state["encoder"])
-        self.optimizer.load_state_dict(state["optimizer"])
 
 
 def train_bmssl(

@@ -1,4 +1,5 @@
-"""Backbones (Conv4, Conv5, ResNet-18 with a CIFAR stem) and projector heads.
+"""Backbones (Conv4, Conv5, torchvision's ResNet-18/50, ResNet-18 with a CIFAR stem) and
+projector heads; more backbones register with :func:`register_backbone`.
 
 Every backbone maps ``[B, C, H, W]`` images to ``[B, out_dim]`` features and carries ``out_dim``.
 BatchNorm follows a policy because functional (torch.func / higher) inner loops need it explicit:
@@ -11,6 +12,7 @@ BatchNorm follows a policy because functional (torch.func / higher) inner loops 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -21,7 +23,31 @@ from bmssl.errors import check_choice
 
 BNPolicy = Literal["track", "batch", "none"]
 BN_POLICIES = ("track", "batch", "none")
-BACKBONES = ("conv4", "conv5", "resnet18")
+#: ``builder(in_channels, bn, width, image_size) -> module`` with an ``out_dim`` attribute
+BackboneBuilder = Callable[[int, BNPolicy, int, int], nn.Module]
+_BACKBONES: dict[str, BackboneBuilder] = {}
+
+
+def register_backbone(name: str) -> Callable[[BackboneBuilder], BackboneBuilder]:
+    """Register ``builder(in_channels, bn, width, image_size)`` as backbone ``name``.
+
+    The module it returns maps ``[B, C, H, W]`` to ``[B, out_dim]`` and sets ``out_dim``; its
+    normalisation layers should follow ``bn`` (use :func:`norm_layer`).
+    """
+
+    def decorate(builder: BackboneBuilder) -> BackboneBuilder:
+        _BACKBONES[name] = builder
+        return builder
+
+    return decorate
+
+
+def backbone_names() -> tuple[str, ...]:
+    """Every registered backbone name (plugins included)."""
+    from bmssl.plugins import load_plugins
+
+    load_plugins()
+    return tuple(_BACKBONES)
 
 
 def norm_layer(channels: int, policy: BNPolicy, dims: int = 2) -> nn.Module:
@@ -73,28 +99,57 @@ class ConvNet(nn.Module):
         return self.features(x).flatten(1)
 
 
-def _resnet18_cifar(in_channels: int, bn: BNPolicy) -> nn.Module:
-    from torchvision.models import resnet18
+def _torchvision_resnet(depth: int, in_channels: int, bn: BNPolicy, small_stem: bool) -> nn.Module:
+    from torchvision.models import resnet18, resnet50
 
-    model = resnet18(num_classes=10, norm_layer=lambda c: norm_layer(c, bn))
-    # Small images: a 3×3 stride-1 stem and no max-pool, as in SimCLR's CIFAR variant.
-    model.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
-    model.maxpool = nn.Identity()
+    model = (resnet18 if depth == 18 else resnet50)(norm_layer=lambda c: norm_layer(c, bn))
+    if small_stem:
+        # Small images: a 3×3 stride-1 stem and no max-pool, as in SimCLR's CIFAR variant.
+        model.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
+        model.maxpool = nn.Identity()
+    elif in_channels != 3:
+        model.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
+    model.out_dim = model.fc.in_features
     model.fc = nn.Identity()
-    model.out_dim = 512
     return model
+
+
+@register_backbone("conv4")
+def _conv4(in_channels: int, bn: BNPolicy, width: int, image_size: int) -> nn.Module:
+    return ConvNet(in_channels, width, 4, bn, image_size)
+
+
+@register_backbone("conv5")
+def _conv5(in_channels: int, bn: BNPolicy, width: int, image_size: int) -> nn.Module:
+    return ConvNet(in_channels, width, 5, bn, image_size)
+
+
+@register_backbone("resnet18")
+def _resnet18(in_channels: int, bn: BNPolicy, width: int, image_size: int) -> nn.Module:
+    """torchvision's ResNet-18 (standard 7×7 stride-2 stem and max-pool, as the public BiSSL
+    code uses); ``width`` is ignored."""
+    return _torchvision_resnet(18, in_channels, bn, small_stem=False)
+
+
+@register_backbone("resnet50")
+def _resnet50(in_channels: int, bn: BNPolicy, width: int, image_size: int) -> nn.Module:
+    """torchvision's ResNet-50 (standard stem; 2048 features); ``width`` is ignored."""
+    return _torchvision_resnet(50, in_channels, bn, small_stem=False)
+
+
+@register_backbone("resnet18-cifar")
+def _resnet18_cifar(in_channels: int, bn: BNPolicy, width: int, image_size: int) -> nn.Module:
+    """ResNet-18 with SimCLR's small-image stem (3×3 stride 1, no max-pool): for 32-px images;
+    at 96 px it costs about 15× the standard stem's MACs."""
+    return _torchvision_resnet(18, in_channels, bn, small_stem=True)
 
 
 def build_backbone(
     name: str, in_channels: int = 3, bn: BNPolicy = "track", width: int = 64, image_size: int = 28
 ) -> nn.Module:
-    """Backbone by name: ``conv4``, ``conv5`` or ``resnet18`` (CIFAR stem)."""
-    check_choice("backbone", name, BACKBONES)
-    if name == "conv4":
-        return ConvNet(in_channels, width, 4, bn, image_size)
-    if name == "conv5":
-        return ConvNet(in_channels, width, 5, bn, image_size)
-    return _resnet18_cifar(in_channels, bn)
+    """Backbone by registered name (see :func:`backbone_names`)."""
+    check_choice("backbone", name, backbone_names())
+    return _BACKBONES[name](in_channels, bn, width, image_size)
 
 
 class Projector(nn.Module):

@@ -6,8 +6,10 @@ stacks B such tasks. Support rows are class-major: row ``c·K + k`` is view k of
 likewise with Q), so labels are ``arange(N).repeat_interleave(K)``.
 
 Sampling is a pure function of ``(seed, step)``: image choice uses a NumPy generator seeded with
-both, augmentation runs under a forked torch RNG seeded from it, so the global RNG is untouched
-and a resumed run sees the same tasks as an uninterrupted one.
+both, and all ``B·N·(K+Q)`` views come from one batched :class:`~bmssl.data.SSLViews` call whose
+per-view parameters are drawn from a CPU ``torch.Generator`` seeded from it. The global RNG is
+untouched, a resumed run sees the same tasks as an uninterrupted one, and with ``device`` the
+views are made there from the same parameters.
 """
 
 from __future__ import annotations
@@ -94,16 +96,23 @@ class TaskBatch:
 
 
 def reconstruct_tasks(
-    images: torch.Tensor, views: SSLViews, k_support: int, q_query: int
+    images: torch.Tensor,
+    views: SSLViews,
+    k_support: int,
+    q_query: int,
+    generator: torch.Generator | None = None,
 ) -> TaskBatch:
     """Tasks from ``images [B, N, C, H, W]``: K + Q independent views of every image.
 
-    Augmentation draws from torch's global RNG; :class:`TaskSampler` forks and seeds it.
+    One batched ``views.repeat`` call makes all ``B·N·(K+Q)`` views on the images' device, its
+    parameters drawn from ``generator`` (CPU; without one, seeded by one draw of torch's global
+    RNG). :class:`TaskSampler` passes a generator seeded from ``(seed, step)``.
     """
     if images.dim() != 5:
         raise ValueError(f"images must be [B, N, C, H, W], got {tuple(images.shape)}")
-    b, n, *chw = images.shape
-    v = views.repeat(images.reshape(b * n, *chw), k_support + q_query)  # [B·N, K+Q, C, H, W]
+    b, n = images.shape[:2]
+    v = views.repeat(images.flatten(0, 1), k_support + q_query, generator)  # [B·N, K+Q, C, H, W]
+    chw = v.shape[2:]  # crop levels resize to the views' image_size
     v = v.reshape(b, n, k_support + q_query, *chw)
     support = v[:, :, :k_support].reshape(b, n * k_support, *chw)
     query = v[:, :, k_support:].reshape(b, n * q_query, *chw)
@@ -154,8 +163,13 @@ class TaskSampler:
         channels, height, _ = dataset.image_shape
         self.views = SSLViews(augment, height, channels)
 
-    def sample(self, step: int) -> TaskBatch:
-        """Meta-batch number ``step`` (deterministic in ``(seed, step)``)."""
+    def sample(self, step: int, device: torch.device | str | None = None) -> TaskBatch:
+        """Meta-batch number ``step``, a pure function of ``(seed, step)``.
+
+        Views are made on ``device`` when given (else on the CPU) from parameters drawn on the
+        CPU, so the device changes where the work runs, not which views are drawn (equal up to
+        float rounding; bit-identical between CPU runs). ``image_indices`` stay on the CPU.
+        """
         rng = np.random.default_rng([self.seed, step])
         chosen = np.stack(
             [
@@ -164,10 +178,11 @@ class TaskSampler:
             ]
         )  # [B, N]
         images = self.dataset.get_batch(chosen.reshape(-1))
+        if device is not None:
+            images = images.to(device, non_blocking=True)
         images = images.reshape(self.meta_batch, self.n_way, *images.shape[1:])
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(rng.integers(2**62)))
-            batch = reconstruct_tasks(images, self.views, self.k_support, self.q_query)
+        generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        batch = reconstruct_tasks(images, self.views, self.k_support, self.q_query, generator)
         return TaskBatch(
             batch.support,
             batch.query,

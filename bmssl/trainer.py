@@ -1,12 +1,21 @@
-"""The training-loop driver every method shares: progress bar, periodic validation, checkpoints
-and exact resume.
+"""The training-loop driver every method shares: progress bar, periodic validation, the run
+record, checkpoints and exact resume.
 
-A method subclasses :class:`Trainer` and supplies ``train_step``, ``validate``, ``state_dict`` and
-``load_state_dict``. ``fit`` then runs ``config.steps`` steps; every ``config.eval_every`` steps
-(and at the last step) it validates, writes ``<out_dir>/checkpoints/last.pt`` atomically (model,
-optimiser, step, RNG state) and calls ``on_eval(step, metrics, checkpoint_path)``. A trainer made
-on an ``out_dir`` that holds ``last.pt`` resumes from it, and a resumed CPU run ends with the same
-weights as an uninterrupted one.
+A method subclasses :class:`Trainer` and supplies ``train_step``, ``validate``, ``state_dict``
+and ``load_state_dict`` (and ``backbone``, the network it pre-trains). ``fit`` then runs
+``config.steps`` steps and keeps the run record in ``out_dir``:
+
+- ``metrics.csv``: every ``config.log_every`` steps a row of the training logs averaged over
+  the interval (not the last step's), plus the validation metrics on validation rows;
+- TensorBoard events under ``tb/`` when ``torch.utils.tensorboard`` or ``tensorboardX`` is
+  installed;
+- every ``config.eval_every`` steps (and at the last step): validation, ``history.json``, an
+  atomic ``checkpoints/last.pt`` (model, optimiser, step, RNG state, record) and, when the
+  validation accuracy is the best so far, ``checkpoints/best.pt``; then
+  ``on_eval(step, metrics, checkpoint_path)``.
+
+A trainer made on an ``out_dir`` that holds ``last.pt`` resumes from it, and a resumed CPU run
+ends with the same weights and record as an uninterrupted one.
 
 Contract for searches (``tuning``): metrics always carry ``"val_acc"`` (higher is better) and
 ``"step"``.
@@ -14,16 +23,23 @@ Contract for searches (``tuning``): metrics always carry ``"val_acc"`` (higher i
 
 from __future__ import annotations
 
+import csv
+import io
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
-from bmssl.errors import UserError
-from bmssl.io import load_checkpoint, save_checkpoint, seed_everything, write_json
+from bmssl.errors import NonFiniteLossError, UserError
+from bmssl.checkpoints import load_checkpoint, save_checkpoint, seed_everything
+from bmssl.io import write_json, write_text
+
+DEFAULT_LOG_EVERY = 10
 
 
 def resolve_device(name: str) -> torch.device:
@@ -40,6 +56,64 @@ def resolve_device(name: str) -> torch.device:
 EvalCallback = Callable[[int, dict[str, float], "Path | None"], None]
 
 
+class RunRecord:
+    """Averaged training logs per interval, as rows for ``metrics.csv`` (and TensorBoard)."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, float]] = []
+        self._sums: dict[str, float] = {}
+        self._count = 0
+
+    def add(self, logs: dict[str, float]) -> None:
+        for key, value in logs.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                self._sums[key] = self._sums.get(key, 0.0) + float(value)
+        self._count += 1
+
+    def close_interval(self, step: int, extra: dict[str, float] | None = None) -> dict[str, float]:
+        """Row of the means since the last row (plus ``extra``, e.g. validation metrics)."""
+        row = {"step": float(step)}
+        row.update({k: v / max(1, self._count) for k, v in self._sums.items()})
+        row.update(extra or {})
+        self.rows.append(row)
+        self._sums, self._count = {}, 0
+        return row
+
+    @property
+    def pending(self) -> bool:
+        return self._count > 0
+
+    def csv_text(self) -> str:
+        columns: list[str] = []
+        for row in self.rows:
+            columns += [k for k in row if k not in columns]
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=columns, restval="")
+        writer.writeheader()
+        writer.writerows(self.rows)
+        return buffer.getvalue()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rows": self.rows, "sums": self._sums, "count": self._count}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rows = [dict(r) for r in state.get("rows", [])]
+        self._sums = dict(state.get("sums", {}))
+        self._count = int(state.get("count", 0))
+
+
+def _summary_writer(directory: Path) -> Any:
+    """A TensorBoard writer when a backend is installed, else None (the CSV is the record)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        try:
+            from tensorboardX import SummaryWriter  # type: ignore[no-redef]
+        except ImportError:
+            return None
+    return SummaryWriter(str(directory))
+
+
 class Trainer:
     """Base class of the method trainers; see the module docstring for the contract."""
 
@@ -54,6 +128,9 @@ class Trainer:
         self.progress = progress
         self.step = 0
         self.history: list[dict[str, float]] = []
+        self.record = RunRecord()
+        self.best_val: float | None = None
+        self._resumed: bool | None = None
         self.device = resolve_device(str(getattr(config, "device", "cpu")))
         seed_everything(int(getattr(config, "seed", 0)))
 
@@ -73,10 +150,18 @@ class Trainer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         raise NotImplementedError
 
+    def backbone(self) -> nn.Module:
+        """The pre-trained network a downstream user wants (what ``export`` writes)."""
+        raise NotImplementedError
+
     # -- driver -------------------------------------------------------------------------------
     @property
     def checkpoint_path(self) -> Path | None:
         return self.out_dir / "checkpoints" / "last.pt" if self.out_dir is not None else None
+
+    @property
+    def best_path(self) -> Path | None:
+        return self.out_dir / "checkpoints" / "best.pt" if self.out_dir is not None else None
 
     def save(self, path: str | Path | None = None) -> Path:
         """Atomically write a full checkpoint (default: ``<out_dir>/checkpoints/last.pt``)."""
@@ -89,33 +174,56 @@ class Trainer:
                 "method": self.method,
                 "step": self.step,
                 "history": self.history,
+                "record": self.record.state_dict(),
+                "best_val": self.best_val,
                 "trainer": self.state_dict(),
             },
         )
 
     def restore(self, path: str | Path) -> None:
         """Load a checkpoint written by :meth:`save`, RNG state included."""
-        state = load_checkpoint(path)
+        state = load_checkpoint(path, expect_keys=("method", "step"))
         if state.get("method") != self.method:
-            raise ValueError(
-                f"checkpoint {path} was written by {state.get('method')!r}, not {self.method!r}"
+            raise UserError(
+                f"checkpoint {path} was written by {state.get('method')!r}, not {self.method!r}; "
+                "use another --out or delete the file"
             )
+        self.load_state_dict(state["trainer"])
         self.step = int(state["step"])
         self.history = list(state.get("history", []))
-        self.load_state_dict(state["trainer"])
+        self.record.load_state_dict(state.get("record", {}))
+        self.best_val = state.get("best_val")
 
     def maybe_resume(self) -> bool:
-        """Resume from ``<out_dir>/checkpoints/last.pt`` if it exists."""
-        path = self.checkpoint_path
-        if path is not None and path.is_file():
-            self.restore(path)
-            return True
-        return False
+        """Resume from ``<out_dir>/checkpoints/last.pt`` if it exists (once per trainer)."""
+        if self._resumed is None:
+            path = self.checkpoint_path
+            self._resumed = path is not None and path.is_file()
+            if self._resumed:
+                assert path is not None
+                self.restore(path)
+        return self._resumed
+
+    @property
+    def log_every(self) -> int:
+        return int(getattr(self.config, "log_every", DEFAULT_LOG_EVERY) or DEFAULT_LOG_EVERY)
 
     def fit(
         self, on_eval: EvalCallback | None = None, max_steps: int | None = None
     ) -> dict[str, float]:
-        """Train to ``config.steps`` (or stop early after ``max_steps`` more steps); last metrics."""
+        """Train to ``config.steps`` (or stop early after ``max_steps`` more steps); last metrics.
+
+        A run folder is locked while it trains: a second process on the same ``out_dir`` is
+        refused with a message naming the first.
+        """
+        if self.out_dir is None:
+            return self._fit(on_eval, max_steps)
+        from bmssl.runlock import RunLock
+
+        with RunLock(self.out_dir, what=f"{self.method} run"):
+            return self._fit(on_eval, max_steps)
+
+    def _fit(self, on_eval: EvalCallback | None, max_steps: int | None) -> dict[str, float]:
         self.maybe_resume()
         total = int(self.config.steps)
         eval_every = int(getattr(self.config, "eval_every", 0) or total or 1)
@@ -127,32 +235,104 @@ class Trainer:
             bar = tqdm(
                 total=total, initial=self.step, desc=self.method, leave=False, dynamic_ncols=True
             )
+        writer = _summary_writer(self.out_dir / "tb") if self.out_dir is not None else None
         metrics: dict[str, float] = self.history[-1] if self.history else {}
         started = time.perf_counter()
         try:
             while self.step < stop:
                 logs = self.train_step(self.step)
                 self.step += 1
+                self._check_finite(logs)
+                self.record.add(logs)
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(
                         {k: f"{v:.3g}" for k, v in logs.items() if isinstance(v, float)}
                     )
-                for key, value in logs.items():
-                    if isinstance(value, float) and not math.isfinite(value):
-                        raise FloatingPointError(
-                            f"{self.method}: {key} became {value} at step {self.step}"
-                        )
-                if self.step % eval_every == 0 or self.step == total:
+                validate = self.step % eval_every == 0 or self.step == total
+                if validate:
                     metrics = {**logs, **self.validate(), "step": float(self.step)}
                     metrics["time_s"] = time.perf_counter() - started
                     self.history.append(metrics)
-                    path = self.save() if self.out_dir is not None else None
-                    if self.out_dir is not None:
-                        write_json(self.out_dir / "history.json", self.history)
+                    val = {k: v for k, v in metrics.items() if k.startswith("val")}
+                    self._log_row(writer, val)
+                    path = self._save_all(metrics)
                     if on_eval is not None:
                         on_eval(self.step, metrics, path)
+                elif self.step % self.log_every == 0:
+                    self._log_row(writer, {})
         finally:
             if bar is not None:
                 bar.close()
+            if writer is not None:
+                writer.close()
         return metrics
+
+    def _check_finite(self, logs: dict[str, float]) -> None:
+        for key, value in logs.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                hint = getattr(self, "nonfinite_hint", "lower the learning rate")
+                raise NonFiniteLossError(self.method, key, value, self.step, hint)
+
+    def _log_row(self, writer: Any, extra: dict[str, float]) -> None:
+        if not self.record.pending and not extra:
+            return
+        row = self.record.close_interval(self.step, extra)
+        if writer is not None:
+            for key, value in row.items():
+                if key != "step":
+                    writer.add_scalar(key, value, self.step)
+        if self.out_dir is not None:
+            write_text(self.out_dir / "metrics.csv", self.record.csv_text())
+
+    def _save_all(self, metrics: dict[str, float]) -> Path | None:
+        if self.out_dir is None:
+            return None
+        val = metrics.get("val_acc")
+        improved = val is not None and (self.best_val is None or val > self.best_val)
+        if improved:
+            self.best_val = float(val)  # type: ignore[arg-type]
+        path = self.save()
+        if improved:
+            self.save(self.best_path)
+        write_json(self.out_dir / "history.json", self.history)
+        return path
+
+
+@dataclass
+class TrainedModel:
+    """What :func:`load_trained` returns: the method, its config, the backbone and the step."""
+
+    method: str
+    config: Any
+    backbone: nn.Module
+    step: int
+
+
+def load_trained(path: str | Path) -> TrainedModel:
+    """The backbone of any registered method's checkpoint (``last.pt`` or ``best.pt``).
+
+    The checkpoint names its trainer; the registry gives the config class; the trainer class
+    rebuilds its backbone from the saved state (``backbone_from_state``).
+    """
+    from bmssl.config import config_from_dict
+    from bmssl.methods import list_methods
+
+    state = load_checkpoint(path, restore_rng=False, expect_keys=("method", "step"))
+    name = state.get("method")
+    for method in list_methods():
+        trainer_cls = method.trainer_class() if method.trainer is not None else None
+        if trainer_cls is not None and getattr(trainer_cls, "method", None) == name:
+            break
+    else:
+        raise UserError(
+            f"{str(path)!r} was written by {name!r}, which no registered method trains; "
+            "register its method (see README, Extending the harness)"
+        )
+    saved = state["trainer"].get("config")
+    if not isinstance(saved, dict):
+        raise UserError(f"{str(path)!r} holds no config; it was not written by this harness")
+    known = {k: v for k, v in saved.items() if not str(k).startswith("_")}
+    config: Any = config_from_dict(method.config_class(), known)
+    backbone = trainer_cls.backbone_from_state(config, state["trainer"])  # type: ignore[attr-defined]
+    return TrainedModel(str(name), config, backbone, int(state["step"]))

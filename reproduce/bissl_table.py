@@ -1,36 +1,35 @@
-"""BiSSL against its baseline on downstream classification, mean ± std over seeds.
+"""BiSSL against its baseline on downstream classification, over seeds, with the paired difference.
 
     python reproduce/bissl_table.py                       # CPU profile: offline data, minutes
-    python reproduce/bissl_table.py --profile paper --data-root pretext=~/data/imagenet \\
+    python reproduce/bissl_table.py --seeds 5 bilevel.lam=0.01
+    python reproduce/bissl_table.py --config paper --data-root pretext=~/data/imagenet \\
         --data-root flowers102=~/data/flowers102 --datasets flowers102
 
 Rows: the baseline (SimCLR pre-training -> fine-tune) and BiSSL (SimCLR pre-training -> head
-warm-up -> BiSSL -> fine-tune), both fine-tuned the same way (``bissl.pipeline``); a last row is
-the difference. Columns: per downstream dataset, test top-1 and top-5 (11-point mAP for
-multi-label sets), in %, ``mean ± std`` (sample std) over the profile's seeds. Every finished
-(method, dataset, seed) is cached as a cell under ``results/bissl_table/<profile>/cells`` and the
-SimCLR encoders under ``.../pretext``, so a rerun (or a killed run) skips what is done.
+warm-up -> BiSSL -> fine-tune), both fine-tuned the same way (``bissl.pipeline``), and the
+paired difference BiSSL − baseline (same seeds) with its 95% t-interval across seeds. Columns:
+per downstream dataset, test top-1 and top-5 (11-point mAP for multi-label sets), in %,
+``mean ± 95% t-interval`` over the profile's seeds. Every finished (method, dataset, seed) is
+cached as a cell under ``results/bissl_table/<profile>/cells`` and the SimCLR encoders under
+``.../pretext``, so a rerun (or a killed run) skips what is done.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
-import statistics
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import yaml
-
-from bmssl.config import config_from_dict
+from bmssl.cli import parse_args
 from bmssl.errors import UserError, cli_entry
+from reproduce.profiles import BiSSLTableProfile, load_profile, seed_overrides, table_parser
 from reproduce.tables import (
     CellCache,
     Table,
@@ -39,190 +38,129 @@ from reproduce.tables import (
     settings_fingerprint,
 )
 
-HERE = Path(__file__).resolve().parent
-CONFIGS = HERE / "configs"
-METHODS = {"baseline": "Baseline (SimCLR → fine-tune)", "bissl": "BiSSL"}
+LABELS = {"baseline": "Baseline (SimCLR → fine-tune)", "bissl": "BiSSL"}
+DIFF_LABEL = "Δ BiSSL − baseline (paired)"
 METRIC_NAMES = {"top1": "top-1", "top5": "top-5", "map11": "mAP(11pt)"}
 
 
+def build_parser() -> argparse.ArgumentParser:
+    return table_parser(
+        "python reproduce/bissl_table.py",
+        __doc__ or "",
+        "bissl",
+        "results/bissl_table",
+        "key=value overrides set BiSSL options of every cell (dotted, e.g. bilevel.lam=0.01 "
+        "finetune.steps=200); profile fields are set with --config FILE",
+        "local root of a downstream dataset, or pretext=PATH for the pretext set",
+    )
+
+
 @dataclass
-class Profile:
-    """A table's recipe: seeds, methods, shared BiSSLConfig fields and per-dataset overrides."""
-
-    name: str
-    seeds: list[int]
+class BiSSLTablePlan:
+    profile: BiSSLTableProfile
     methods: list[str]
-    metrics: list[str]
-    threads: int
-    config: dict[str, Any] = field(default_factory=dict)
-    datasets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    datasets: list[str]
+    roots: dict[str, str]
+    overrides: list[str]
+    out: Path
 
 
-def load_profile(name_or_path: str) -> Profile:
-    """``cpu``/``paper`` (``configs/bissl_<name>.yaml``) or a path to such a YAML file."""
-    path = Path(name_or_path)
-    if not path.suffix:
-        path = CONFIGS / f"bissl_{name_or_path}.yaml"
-    if not path.is_file():
-        known = sorted(p.stem.removeprefix("bissl_") for p in CONFIGS.glob("bissl_*.yaml"))
-        raise UserError(
-            f"unknown profile {name_or_path!r}; choose one of {', '.join(known)} or pass a YAML path"
-        )
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise UserError(f"profile {str(path)!r} is not valid YAML: {err}") from None
-    if (
-        not isinstance(raw, dict)
-        or not isinstance(raw.get("datasets"), dict)
-        or not raw["datasets"]
-    ):
-        raise UserError(f"profile {str(path)!r} must map 'datasets' to per-dataset options")
-    profile = Profile(
-        name=str(raw.get("profile", path.stem.removeprefix("bissl_"))),
-        seeds=[int(s) for s in raw.get("seeds", [0, 1, 2])],
-        methods=list(raw.get("methods", list(METHODS))),
-        metrics=list(raw.get("metrics", ["top1", "top5"])),
-        threads=int(raw.get("threads", 0)),
-        config=dict(raw.get("config", {}) or {}),
-        datasets={k: dict(v or {}) for k, v in raw["datasets"].items()},
-    )
-    for m in profile.metrics:
-        if m not in ("top1", "top5"):
-            raise UserError(f"profile metric {m!r} is not one of top1, top5")
-    return profile
+def cell_config(plan: BiSSLTablePlan, dataset: str, seed: int) -> Any:
+    """BiSSLConfig of one cell: preset < profile config < dataset options < overrides < seed."""
+    from bmssl.config import config_from_dict
+    from bmssl.methods import get_method
 
-
-def cell_config(profile: Profile, dataset: str, seed: int, roots: dict[str, str]) -> Any:
-    """BiSSLConfig of one cell: defaults < profile config < dataset overrides < seed, roots."""
-    from bissl.trainer import BiSSLConfig
-
-    values = {**profile.config, **profile.datasets[dataset]}
+    method = get_method("bissl")
+    base = method.load_config(plan.profile.preset if plan.profile.preset else None)
+    values: dict[str, Any] = {}
+    for source in (plan.profile.config, plan.profile.datasets.get(dataset) or {}):
+        values.update(source)
     values.update(dataset=dataset, seed=seed)
-    if dataset in roots:
-        values["data_root"] = roots[dataset]
-    if "pretext" in roots:
-        values["pretext_root"] = roots["pretext"]
-    return config_from_dict(BiSSLConfig, values)
+    if dataset in plan.roots:
+        values["data_root"] = plan.roots[dataset]
+    if "pretext" in plan.roots:
+        values["pretext.data_root"] = plan.roots["pretext"]
+    config = config_from_dict(type(base), values, base=base)
+    return method.load_config(None, plan.overrides, base=config)
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="reproduce/bissl_table.py",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--profile", default="cpu", help="cpu (default), paper, or a profile YAML")
-    parser.add_argument("--datasets", help="comma-separated subset of the profile's datasets")
-    parser.add_argument("--methods", help=f"comma-separated subset of: {', '.join(METHODS)}")
-    parser.add_argument("--seeds", help="comma-separated integer seeds (default: the profile's)")
-    parser.add_argument(
-        "--data-root", action="append", default=[], metavar="NAME=PATH",
-        help="local root of a downstream dataset, or pretext=PATH for the pretext set",
-    )  # fmt: skip
-    parser.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE",
-        help="BiSSLConfig override for every cell (e.g. --set lam=0.01)",
-    )  # fmt: skip
-    parser.add_argument("--threads", type=int, help="torch CPU threads (0: torch's default)")
-    parser.add_argument("--out", default="results/bissl_table", help="output folder")
-    parser.add_argument("--fresh", action="store_true", help="ignore cached cells")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    return parser.parse_args(argv)
-
-
-def plan(args: argparse.Namespace) -> tuple[Profile, list[str], list[str], dict[str, str]]:
+def plan_bissl_table(args: argparse.Namespace) -> BiSSLTablePlan:
     """Validate every name, number and data root before anything is trained or written."""
-    from bissl.data import load_downstream
+    from bissl.batches import load_downstream
+    from bmssl.pretrain import load_split
 
-    profile = load_profile(args.profile)
-    methods = args.methods.split(",") if args.methods else profile.methods
+    profile = load_profile(BiSSLTableProfile, "bissl", args.config, seed_overrides(args.seeds))
+    methods = args.methods.split(",") if args.methods else list(profile.methods)
     for m in methods:
-        if m not in METHODS:
-            raise UserError(f"unknown method {m!r}; choose from {', '.join(METHODS)}")
+        if m not in LABELS:
+            raise UserError(f"unknown method {m!r}; choose from {', '.join(LABELS)}")
     datasets = args.datasets.split(",") if args.datasets else list(profile.datasets)
     for d in datasets:
         if d not in profile.datasets:
             raise UserError(
-                f"dataset {d!r} is not in the {profile.name} profile; choose from "
+                f"dataset {d!r} is not in the {profile.profile} profile; choose from "
                 f"{', '.join(profile.datasets)}"
             )
-    if args.seeds:
-        try:
-            profile.seeds = [int(s) for s in args.seeds.split(",")]
-        except ValueError:
-            raise UserError(f"--seeds {args.seeds!r} must be comma-separated integers") from None
-    if not profile.seeds:
-        raise UserError("no seeds: pass --seeds 0,1,2")
-    if args.threads is not None:
-        if args.threads < 0:
-            raise UserError(f"--threads must be >= 0, got {args.threads}")
-        profile.threads = args.threads
-    profile.config.update(parse_key_values(args.set, "--set"))
     roots = parse_key_values(args.data_root, "--data-root")
+    the_plan = BiSSLTablePlan(
+        profile, methods, datasets, roots, list(args.overrides or []), Path(args.out)
+    )
+    the_plan.out = the_plan.out / profile.profile
     for d in datasets:
-        config = cell_config(profile, d, profile.seeds[0], roots)  # bad options raise here
+        config = cell_config(the_plan, d, profile.seeds[0])  # bad options raise here
         load_downstream(d, config.data_root, "train", config.image_size, config.dataset_options)
-        from bissl.trainer import simclr_config
-        from bmssl.baselines import load_split
-
-        load_split(simclr_config(config), "train")  # the pretext set's root, checked once
-    return profile, methods, datasets, roots
+        load_split(config.pretext_run(), "train")  # the pretext set's root, checked once
+    return the_plan
 
 
-def summarise(values: list[float]) -> dict[str, float]:
-    """Mean and sample std (0 for one seed) of finite values."""
-    vals = [v for v in values if isinstance(v, float) and math.isfinite(v)]
-    if not vals:
-        return {"mean": float("nan"), "std": float("nan"), "n": 0}
-    std = statistics.stdev(vals) if len(vals) > 1 else 0.0
-    return {"mean": statistics.fmean(vals), "std": std, "n": len(vals)}
-
-
-def metric_keys(profile: Profile, multilabel: bool) -> list[str]:
-    """Reported test metrics of a dataset: the profile's, with top-1 replaced by mAP if multi-label."""
+def metric_keys(profile: BiSSLTableProfile, multilabel: bool) -> list[str]:
+    """Reported test metrics: the profile's, with top-1 replaced by mAP for multi-label sets."""
     return [("map11" if (m == "top1" and multilabel) else m) for m in profile.metrics]
 
 
 @cli_entry
 def main(argv: list[str] | None = None) -> Table:
-    args = parse_args(argv)
+    args = parse_args(build_parser(), argv)
     started = time.perf_counter()
-    profile, methods, datasets, roots = plan(args)
+    the_plan = plan_bissl_table(args)
+    profile = the_plan.profile
     import torch
 
-    from bissl.data import is_multilabel, load_downstream
+    from bissl.batches import load_downstream
     from bissl.pipeline import run_method
+    from reproduce.stats import t_interval
 
-    if profile.threads > 0:
+    if profile.threads:
         torch.set_num_threads(profile.threads)
-    out = Path(args.out) / profile.name
+    out = the_plan.out
     cache = CellCache(out)
     progress = not args.quiet
     multilabel = {}
-    for d in datasets:
-        cfg = cell_config(profile, d, profile.seeds[0], roots)
-        multilabel[d] = is_multilabel(
-            load_downstream(d, cfg.data_root, "test", cfg.image_size, cfg.dataset_options)
-        )
+    for d in the_plan.datasets:
+        cfg = cell_config(the_plan, d, profile.seeds[0])
+        test = load_downstream(d, cfg.data_root, "test", cfg.image_size, cfg.dataset_options)
+        multilabel[d] = test.multilabel
     columns = [
-        f"{d} {METRIC_NAMES[k]}" for d in datasets for k in metric_keys(profile, multilabel[d])
+        f"{d} {METRIC_NAMES[k]}"
+        for d in the_plan.datasets
+        for k in metric_keys(profile, multilabel[d])
     ]
     seeds = ", ".join(map(str, profile.seeds))
     table = Table(
-        f"BiSSL vs baseline ({profile.name} profile): test %, mean ± std over seeds {seeds}",
+        f"BiSSL vs baseline ({profile.profile} profile): test %, mean ± 95% t-interval over "
+        f"seeds {seeds}",
         columns,
     )
 
     from tqdm.auto import tqdm
 
-    jobs = [(d, s, m) for d in datasets for s in profile.seeds for m in methods]
+    jobs = [(d, s, m) for d in the_plan.datasets for s in profile.seeds for m in the_plan.methods]
     settings_of: dict[tuple[str, str, int], str] = {}
     bar = tqdm(jobs, desc="bissl_table", disable=not progress, dynamic_ncols=True)
     for dataset, seed, method in bar:
         bar.set_postfix_str(f"{method} on {dataset}, seed {seed}")
         column = f"{dataset}__seed{seed}"
-        config = cell_config(profile, dataset, seed, roots)
+        config = cell_config(the_plan, dataset, seed)
         settings = settings_fingerprint(config)
         settings_of[method, dataset, seed] = settings
         if not args.fresh and cache.get(method, column, settings) is not None:
@@ -242,9 +180,9 @@ def main(argv: list[str] | None = None) -> Table:
     bar.close()
 
     per_seed: dict[str, dict[str, list[float]]] = {}
-    for method in methods:
-        label = METHODS[method]
-        for dataset in datasets:
+    for method in the_plan.methods:
+        label = LABELS[method]
+        for dataset in the_plan.datasets:
             for key in metric_keys(profile, multilabel[dataset]):
                 col = f"{dataset} {METRIC_NAMES[key]}"
                 vals = []
@@ -255,32 +193,32 @@ def main(argv: list[str] | None = None) -> Table:
                     assert cell is not None
                     vals.append(float(cell["metrics"].get(f"test_{key}", float("nan"))))
                 per_seed.setdefault(method, {})[col] = vals
-                s = summarise(vals)
-                table.set(
-                    label, col, f"{s['mean']:.2f} ± {s['std']:.2f}", raw={**s, "per_seed": vals}
-                )
+                mean, half = t_interval(vals)
+                raw = {"mean": mean, "half_width": half, "per_seed": vals}
+                table.set(label, col, f"{mean:.2f} ± {half:.2f}", raw=raw)
         table.notes[label] = "this harness"
-    if {"baseline", "bissl"} <= set(methods):
-        label = "Δ BiSSL − baseline"
+    if {"baseline", "bissl"} <= set(the_plan.methods):
         for col in columns:
             diffs = [b - a for a, b in zip(per_seed["baseline"][col], per_seed["bissl"][col])]
-            s = summarise(diffs)
-            table.set(label, col, f"{s['mean']:+.2f} ± {s['std']:.2f}")
-            table.raw.setdefault(label, {})[col] = {
-                "diff_mean": s["mean"],
-                "diff_std": s["std"],
+            mean, half = t_interval(diffs)
+            table.set(DIFF_LABEL, col, f"{mean:+.2f} ± {half:.2f}")
+            table.raw.setdefault(DIFF_LABEL, {})[col] = {
+                "mean": mean,
+                "half_width": half,
                 "per_seed": diffs,
+                "excludes_zero": bool(abs(mean) > half),
             }
-        table.notes[label] = "paired by seed"
+        table.notes[DIFF_LABEL] = "paired by seed, 95% t-interval"
 
     elapsed = time.perf_counter() - started
     table.write(
         out, "bissl_table",
-        meta={"profile": profile.name, "seeds": profile.seeds, "wall_time_s": elapsed,
-              "config": profile.config, "datasets": {d: profile.datasets[d] for d in datasets}},
+        meta={"profile": profile.profile, "seeds": profile.seeds, "wall_time_s": elapsed,
+              "config": profile.config, "overrides": the_plan.overrides,
+              "datasets": {d: profile.datasets[d] for d in the_plan.datasets}},
     )  # fmt: skip
     print(table.markdown())
-    print(f"wrote {out / 'bissl_table.md'}, .csv, .json in {elapsed:.0f} s", file=sys.stderr)
+    print(f"wrote {out / 'bissl_table.md'}, .csv, .json, .tex in {elapsed:.0f} s", file=sys.stderr)
     return table
 
 

@@ -1,13 +1,18 @@
 """Rebuild Table 1 (unsupervised few-shot classification) with one command.
 
-    python reproduce/table1.py                    # CPU profile: offline data, a few minutes
-    python reproduce/table1.py --profile paper --data-root omniglot=~/data/omniglot \\
+    python reproduce/table1.py                    # CPU profile: offline data, 3 seeds, minutes
+    python reproduce/table1.py --seeds 1 episodes=500
+    python reproduce/table1.py --config paper --data-root omniglot=~/data/omniglot \\
         --data-root miniimagenet=~/data/miniimagenet
 
-Rows are the methods this harness implements; columns are ``<dataset> <N>w<K>s`` cells, each
-``mean ± 95% CI`` over evaluation episodes on held-out classes. Trained models and finished
-cells are cached under ``results/table1/<profile>/`` so a rerun (or a killed run) picks up where
-it stopped. Published numbers of other methods appear only in the paper profile, with a source.
+Rows are registered methods (``python -m bmssl methods``); columns are ``<dataset> <N>w<K>s``
+cells. Every method is retrained once per seed; within a seed all methods are evaluated on the
+same episodes of held-out classes. A cell shows the mean over seeds ± the 95% t-interval across
+seeds; ▲/▼ mark a cell whose paired difference to the reference row (``--reference``, default
+SimCLR) has a 95% hierarchical-bootstrap interval excluding zero; bold marks a row that beats
+every other row so. Results go to ``results/table1/<profile>/``: ``table1.{md,csv,json,tex}``,
+``accuracy_vs_shots.png`` and ``learning_curves.png``; trained models and finished cells are
+cached (fingerprinted by their settings), so a rerun or a killed run continues where it stopped.
 """
 
 from __future__ import annotations
@@ -15,428 +20,252 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import re
-import signal
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import yaml
-
-from bmssl.config import config_from_dict, load_config
-from bmssl.data import get_dataset
+from bmssl.cli import parse_args
 from bmssl.errors import UserError, cli_entry
-from bmssl.evaluate import CLASSIFIERS, check_episode_shape, evaluate_fewshot
-from reproduce.tables import (
-    CellCache,
-    Table,
-    fingerprint,
-    format_mean_ci,
-    parse_key_values,
-    prepare_run_dir,
-    settings_fingerprint,
-)
+from reproduce.profiles import Table1Profile, load_profile, seed_overrides, table_parser
+from reproduce.tables import CellCache, fingerprint, parse_key_values, prepare_run_dir
 
 HERE = Path(__file__).resolve().parent
-CONFIGS = HERE / "configs"
-CELL = re.compile(r"^(\d+)w(\d+)s$")
 
 
-@dataclass(frozen=True)
-class MethodSpec:
-    """A table row: its label, how to build its config and trainer, and fixed overrides."""
-
-    label: str
-    kind: str  # "untrained" | "simclr" | "protonet" | "bmssl"
-    fixed: dict[str, Any] = field(default_factory=dict)
-    base_yaml: str | None = None  # per-profile base config, e.g. "bmssl_{profile}.yaml"
-
-
-METHODS: dict[str, MethodSpec] = {
-    "random": MethodSpec("Random init", "untrained"),
-    "simclr": MethodSpec("SimCLR", "simclr"),
-    "protonet": MethodSpec("ProtoNet (supervised, upper bound)", "protonet"),
-    "bmssl": MethodSpec("BMSSL (δ > 0)", "bmssl", base_yaml="bmssl_{profile}.yaml"),
-    "meta-ssl": MethodSpec(
-        "Meta-SSL, no bootstrap (δ = 0)", "bmssl", {"bootstrap_steps": 0}, "bmssl_{profile}.yaml"
-    ),
-    "bmssl-fo": MethodSpec(
-        "BMSSL first-order", "bmssl", {"first_order": True}, "bmssl_{profile}.yaml"
-    ),
-}
-
-
-def trainer_classes(kind: str) -> tuple[type, type]:
-    """(config class, trainer class) of a method kind; imported lazily."""
-    if kind == "simclr":
-        from bmssl.baselines import SimCLRConfig, SimCLRTrainer
-
-        return SimCLRConfig, SimCLRTrainer
-    if kind == "protonet":
-        from bmssl.baselines import ProtoNetConfig, ProtoNetTrainer
-
-        return ProtoNetConfig, ProtoNetTrainer
-    if kind in ("bmssl", "untrained"):
-        if kind == "untrained":
-            from bmssl.baselines import SimCLRConfig
-
-            return SimCLRConfig, type(None)
-        from bmssl.meta import BMSSLConfig, BMSSLTrainer
-
-        return BMSSLConfig, BMSSLTrainer
-    raise ValueError(kind)
+def build_parser() -> argparse.ArgumentParser:
+    parser = table_parser(
+        "python reproduce/table1.py",
+        __doc__ or "",
+        "table1",
+        "results/table1",
+        "key=value overrides set fields of the profile (reproduce.profiles.Table1Profile), "
+        "e.g. episodes=2000 classifier=logreg",
+        "a dataset's local root",
+    )
+    parser.add_argument("--reference", help="the row other rows are compared with")
+    parser.add_argument(
+        "--jobs", type=int, help="jobs trained at once in worker processes (default: profile's)"
+    )
+    return parser
 
 
 @dataclass
-class Profile:
-    name: str
-    episodes: int
-    n_query: int
-    classifier: str
-    seed: int
+class Table1Plan:
+    """Everything a run needs, validated before anything is trained or written."""
+
+    profile: Table1Profile
     methods: list[str]
-    model: dict[str, Any]
-    datasets: dict[str, dict[str, Any]]
-    method_overrides: dict[str, dict[str, Any]]
-    threads: int | None = None
-    jobs: int = 1
-
-    def cells(self, dataset: str) -> list[tuple[int, int]]:
-        out = []
-        for cell in self.datasets[dataset].get("cells", []):
-            match = CELL.match(str(cell))
-            if not match:
-                raise UserError(
-                    f"cell {cell!r} of {dataset} is not of the form <N>w<K>s (e.g. 5w1s)"
-                )
-            out.append((int(match[1]), int(match[2])))
-        return out
+    datasets: list[str]
+    roots: dict[str, str]
+    jobs: int
+    out: Path
 
 
-def load_profile(name_or_path: str) -> Profile:
-    path = Path(name_or_path)
-    if not path.suffix:
-        path = CONFIGS / f"table1_{name_or_path}.yaml"
-    if not path.is_file():
-        known = sorted(p.stem.removeprefix("table1_") for p in CONFIGS.glob("table1_*.yaml"))
-        raise UserError(
-            f"unknown profile {name_or_path!r}; choose one of {', '.join(known)} or pass a YAML path"
-        )
-    raw = yaml.safe_load(path.read_text()) or {}
-    return Profile(
-        name=str(raw.get("profile", path.stem)),
-        episodes=int(raw.get("episodes", 2000)),
-        n_query=int(raw.get("n_query", 15)),
-        classifier=str(raw.get("classifier", "proto")),
-        seed=int(raw.get("seed", 0)),
-        methods=list(raw.get("methods", list(METHODS))),
-        model=dict(raw.get("model", {})),
-        datasets=dict(raw.get("datasets", {})),
-        method_overrides=dict(raw.get("method_overrides", {}) or {}),
-        threads=int(raw["threads"]) if raw.get("threads") else None,
-        jobs=int(raw.get("jobs", 1)),
-    )
+def method_config(profile: Table1Profile, method: str, dataset: str, root: str | None, seed: int):
+    """Config of ``method`` on ``dataset``: preset < model < overrides < dataset < fixed."""
+    from bmssl.methods import get_method
 
-
-def method_config(profile: Profile, method: str, dataset: str, data_root: str | None) -> Any:
-    """Config of ``method`` trained on ``dataset``: defaults < base YAML < profile < fixed."""
-    spec = METHODS[method]
-    config_cls, _ = trainer_classes(spec.kind)
-    base: Any = None
-    if spec.base_yaml:
-        candidate = CONFIGS / spec.base_yaml.format(profile=profile.name)
-        if candidate.is_file():
-            base = load_config(config_cls, candidate)
-    known = {f.name for f in dataclasses.fields(config_cls)}
-    values: dict[str, Any] = {k: v for k, v in profile.model.items() if k in known}
+    spec = get_method(method)
+    fields = {f.name for f in dataclasses.fields(spec.config_class())}
+    values: dict[str, Any] = {k: v for k, v in profile.model.items() if k in fields}
     values.update(profile.method_overrides.get(method, {}) or {})
-    ds = {k: v for k, v in profile.datasets[dataset].items() if k != "cells" and k in known}
-    values.update(ds)
-    values.update(dataset=dataset, data_root=data_root, seed=profile.seed)
-    values.update(spec.fixed)
-    return config_from_dict(config_cls, values, base=base)
+    values.update({k: v for k, v in profile.dataset_options(dataset).items() if k in fields})
+    values.update(dataset=dataset, data_root=root, seed=seed)
+    preset = profile.preset if profile.preset in spec.presets else None
+    return spec.load_config(preset, values)
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--profile", default="cpu", help="cpu (default), paper, or a path to a profile YAML"
-    )
-    parser.add_argument(
-        "--methods", default=None, help=f"comma-separated subset of: {', '.join(METHODS)}"
-    )
-    parser.add_argument(
-        "--datasets", default=None, help="comma-separated subset of the profile's datasets"
-    )
-    parser.add_argument(
-        "--data-root",
-        action="append",
-        default=[],
-        metavar="NAME=PATH",
-        help="local root of a dataset",
-    )
-    parser.add_argument("--episodes", type=int, default=None, help="evaluation episodes per cell")
-    parser.add_argument("--classifier", default=None, choices=CLASSIFIERS)
-    parser.add_argument(
-        "--out", default="results/table1", help="output folder (default results/table1)"
-    )
-    parser.add_argument(
-        "--fresh", action="store_true", help="ignore cached cells and trained models"
-    )
-    parser.add_argument(
-        "--jobs",
-        type=int,
-        default=None,
-        help="train this many (method, dataset) pairs at once in worker processes "
-        "(default: the profile's jobs, at most the CPU count; 1 = in this process)",
-    )
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    return parser.parse_args(argv)
+def plan_table1(args: argparse.Namespace) -> Table1Plan:
+    """Validate every name, number and data root before anything is trained or written."""
+    from bmssl.data import get_dataset
+    from bmssl.evaluate import check_episode_shape
+    from bmssl.methods import get_method
 
-
-def plan(args: argparse.Namespace) -> tuple[Profile, list[str], list[str], dict[str, str]]:
-    """Validate every name and number before anything is trained or written."""
-    profile = load_profile(args.profile)
-    if args.episodes is not None:
-        if args.episodes < 1:
-            raise UserError(f"--episodes must be at least 1, got {args.episodes}")
-        profile.episodes = args.episodes
-    if args.classifier:
-        profile.classifier = args.classifier
-    if args.jobs is None:
-        args.jobs = max(1, min(profile.jobs, os.cpu_count() or 1))
-    elif args.jobs < 1:
-        raise UserError(f"--jobs must be at least 1, got {args.jobs}")
-    methods = args.methods.split(",") if args.methods else profile.methods
+    overrides = list(args.overrides or []) + seed_overrides(args.seeds)
+    if args.reference:
+        overrides.append(f"reference={args.reference}")
+    profile = load_profile(Table1Profile, "table1", args.config, overrides)
+    methods = args.methods.split(",") if args.methods else list(profile.methods)
     for m in methods:
-        if m not in METHODS:
-            raise UserError(f"unknown method {m!r}; choose from {', '.join(METHODS)}")
+        get_method(m)  # an unknown name is one line listing the registered methods
+    if profile.reference not in methods:
+        raise UserError(
+            f"the reference row {profile.reference!r} is not among the methods run "
+            f"({', '.join(methods)}); add it or pass --reference"
+        )
     datasets = args.datasets.split(",") if args.datasets else list(profile.datasets)
     for d in datasets:
         if d not in profile.datasets:
             raise UserError(
-                f"dataset {d!r} is not in the {profile.name} profile; choose from {', '.join(profile.datasets)}"
+                f"dataset {d!r} is not in the {profile.profile} profile; choose from "
+                f"{', '.join(profile.datasets)}"
             )
+    jobs = profile.jobs if args.jobs is None else args.jobs
+    if jobs < 1:
+        raise UserError(f"--jobs must be at least 1, got {jobs}")
+    jobs = min(jobs, os.cpu_count() or 1)
     roots = parse_key_values(args.data_root, "--data-root")
     for d in datasets:
-        test = get_dataset(
-            d, roots.get(d), split="test", image_size=profile.datasets[d].get("image_size", 28)
-        )
+        size = profile.dataset_options(d).get("image_size", 28)
+        test = get_dataset(d, roots.get(d), split="test", image_size=size)
         for n_way, k_shot in profile.cells(d):
             check_episode_shape(test, n_way, k_shot, profile.n_query)
         for m in methods:
-            method_config(profile, m, d, roots.get(d))  # raises on a bad option before any training
-    return profile, methods, datasets, roots
-
-
-def train_or_load(method: str, config: Any, run_dir: Path, progress: bool) -> Any:
-    """The trained backbone of ``method`` (resuming or reusing ``run_dir``'s checkpoint)."""
-    spec = METHODS[method]
-    if spec.kind == "untrained":
-        from bmssl.baselines import random_init_encoder
-
-        return random_init_encoder(config).backbone
-    _, trainer_cls = trainer_classes(spec.kind)
-    trainer = trainer_cls(config, out_dir=run_dir, progress=progress)
-    trainer.fit()
-    return trainer.encoder.backbone
-
-
-@dataclass(frozen=True)
-class Job:
-    """Train (or reload) one method on one dataset, then evaluate its unfinished cells.
-
-    Picklable, so that ``--jobs N`` can run it in a worker process.
-    """
-
-    method: str
-    dataset: str
-    config: Any
-    run_dir: Path
-    cells: tuple[tuple[int, int], ...]
-    n_query: int
-    episodes: int
-    classifier: str
-    seed: int
-    threads: int | None
-    progress: bool
-
-    @property
-    def cost(self) -> int:
-        """Rough training cost rank, so that a pool starts the long jobs first."""
-        return {"bmssl": 3, "simclr": 2, "protonet": 1}.get(METHODS[self.method].kind, 0)
-
-
-def run_job(job: Job) -> list[tuple[int, int, dict[str, Any]]]:
-    """``[(n_way, k_shot, result)]`` of the job's cells; the same in a worker as in-process."""
-    if job.threads:
-        import torch
-
-        torch.set_num_threads(job.threads)
-    backbone = train_or_load(job.method, job.config, job.run_dir, job.progress)
-    test = get_dataset(
-        job.dataset, job.config.data_root, split="test", image_size=job.config.image_size
-    )
-    results = []
-    for n_way, k_shot in job.cells:
-        result = evaluate_fewshot(
-            backbone,
-            test,
-            n_way,
-            k_shot,
-            job.n_query,
-            job.episodes,
-            job.classifier,
-            seed=job.seed,
-        )
-        results.append((n_way, k_shot, result.as_dict()))
-    return results
-
-
-def _ignore_interrupts() -> None:
-    """Pool initializer: Ctrl-C is the parent's to handle; it terminates the workers, which is
-    safe because every checkpoint and cell is written atomically."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def _run_numbered(item: tuple[int, Job]) -> tuple[int, list[tuple[int, int, dict[str, Any]]]]:
-    return item[0], run_job(item[1])
-
-
-def run_jobs(jobs: list[Job], workers: int, on_done: Callable[[Job, list], None]) -> None:
-    """Run ``jobs`` in this process (``workers`` = 1) or in a pool of spawned processes; each
-    job's results go to ``on_done`` as soon as it finishes, so a killed run loses no cell."""
-    if workers <= 1 or len(jobs) <= 1:
-        for job in jobs:
-            on_done(job, run_job(job))
-        return
-    import multiprocessing
-
-    ordered = sorted(jobs, key=lambda j: -j.cost)  # long jobs first: less idle time at the end
-    # spawn, not fork: forking a process whose torch thread pools are live can deadlock.
-    context = multiprocessing.get_context("spawn")
-    pool = context.Pool(min(workers, len(jobs)), initializer=_ignore_interrupts)
-    try:
-        for index, results in pool.imap_unordered(_run_numbered, list(enumerate(ordered))):
-            on_done(ordered[index], results)
-    except BaseException:
-        pool.terminate()
-        raise
-    else:
-        pool.close()
-    finally:
-        pool.join()
-
-
-def references(profile: Profile, datasets: list[str]) -> list[dict[str, Any]]:
-    """Published rows whose cells are in this table (paper-style profiles only)."""
-    path = HERE / "references" / "table1.yaml"
-    rows = yaml.safe_load(path.read_text()) or []
-    columns = {column_name(d, n, k) for d in datasets for n, k in profile.cells(d)}
-    return [r for r in rows if set(r["cells"]) & columns]
+            method_config(profile, m, d, roots.get(d), profile.seeds[0])  # bad options raise here
+    return Table1Plan(profile, methods, datasets, roots, jobs, Path(args.out) / profile.profile)
 
 
 def column_name(dataset: str, n_way: int, k_shot: int) -> str:
     return f"{dataset} {n_way}w{k_shot}s"
 
 
-@cli_entry
-def main(argv: list[str] | None = None) -> Table:
-    args = parse_args(argv)
+@dataclass(frozen=True)
+class Job:
+    """Train (or reload) one method on one dataset with one seed, then evaluate its cells on
+    the seed's episodes. Picklable, so that ``--jobs N`` can run it in a worker process."""
+
+    method: str
+    dataset: str
+    seed: int
+    config: Any
+    run_dir: Path
+    cells: tuple[tuple[int, int], ...]
+    n_query: int
+    episodes: int
+    classifier: str
+    threads: int | None
+    progress: bool
+
+
+def run_job(job: Job) -> dict[str, Any]:
+    """``{"cells": [(n_way, k_shot, result)], "budget": {...}, "curve": [...]}`` of a job."""
+    import torch
+
+    from bmssl.data import get_dataset
+    from bmssl.evaluate import evaluate_fewshot
+    from bmssl.methods import get_method
+    from bmssl.pretrain import random_init_encoder
+
+    if job.threads:
+        torch.set_num_threads(job.threads)
+    trainer_cls = get_method(job.method).trainer_class()
     started = time.perf_counter()
-    profile, methods, datasets, roots = plan(args)
+    curve: list[list[float]] = []
+    if trainer_cls is None:
+        backbone = random_init_encoder(job.config).backbone
+    else:
+        trainer = trainer_cls(job.config, out_dir=job.run_dir, progress=job.progress)
+        trainer.fit()
+        backbone = trainer.backbone()
+        per_step = job.config.views_per_step
+        curve = [[h["step"] * per_step, h["val_acc"]] for h in trainer.history if "val_acc" in h]
+    budget = {
+        "views_seen": int(getattr(job.config, "steps", 0) * job.config.views_per_step)
+        if trainer_cls is not None
+        else 0,
+        "train_s": time.perf_counter() - started,
+    }
+    test = get_dataset(
+        job.dataset, job.config.data_root, split="test", image_size=job.config.image_size
+    )
+    results = []
+    for n_way, k_shot in job.cells:
+        result = evaluate_fewshot(
+            backbone, test, n_way, k_shot, job.n_query, job.episodes, job.classifier, seed=job.seed
+        )
+        results.append((n_way, k_shot, {**result.as_dict(), "accuracies": result.accuracies}))
+    return {"cells": results, "budget": budget, "curve": curve}
+
+
+def _job_cost(job: Job) -> float:
+    from bmssl.methods import get_method
+
+    return float(get_method(job.method).cost)
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> Any:
+    args = parse_args(build_parser(), argv)
+    started = time.perf_counter()
+    the_plan = plan_table1(args)
+    profile = the_plan.profile
+    from reproduce.pool import run_jobs, spread_devices
+    from reproduce.table1_report import assemble
+
     if profile.threads:
         import torch
 
         torch.set_num_threads(profile.threads)
-    out = Path(args.out) / profile.name
+    out = the_plan.out
     cache = CellCache(out)
     progress = not args.quiet
-    columns = [column_name(d, n, k) for d in datasets for n, k in profile.cells(d)]
-    table = Table(
-        f"Table 1 ({profile.name} profile): {profile.classifier} classifier, accuracy % ± 95% CI, {profile.episodes} episodes",
-        columns,
-    )
+    parallel = the_plan.jobs > 1
+    jobs: list[Job] = []
+    settings: dict[tuple[str, str, int], str] = {}
+    from reproduce.tables import settings_fingerprint
+
+    for method in the_plan.methods:
+        for dataset in the_plan.datasets:
+            for seed in profile.seeds:
+                root = the_plan.roots.get(dataset)
+                config = method_config(profile, method, dataset, root, seed)
+                config.device = spread_devices(config.device, len(jobs))
+                run_settings = settings_fingerprint(config)
+                settings[method, dataset, seed] = fingerprint(
+                    run_settings, profile.episodes, profile.n_query, profile.classifier,
+                    profile.cells(dataset),
+                )  # fmt: skip
+                key = f"{dataset}__seed{seed}"
+                if not args.fresh and cache.get(method, key, settings[method, dataset, seed]):
+                    continue
+                run_dir = out / "runs" / method / dataset / f"seed{seed}"
+                prepare_run_dir(run_dir, run_settings, args.fresh)
+                jobs.append(
+                    Job(
+                        method, dataset, seed, config, run_dir, tuple(profile.cells(dataset)),
+                        profile.n_query, profile.episodes, profile.classifier, profile.threads,
+                        progress=progress and not parallel,
+                    )
+                )  # fmt: skip
 
     from tqdm.auto import tqdm
 
-    parallel = args.jobs > 1
-    jobs: list[Job] = []
-    settings: dict[tuple[str, str], str] = {}
-    for method in methods:
-        for dataset in datasets:
-            config = method_config(profile, method, dataset, roots.get(dataset))
-            run_settings = settings_fingerprint(config)
-            columns_of = {(n, k): column_name(dataset, n, k) for n, k in profile.cells(dataset)}
-            for (n, k), col in columns_of.items():
-                settings[method, col] = fingerprint(
-                    run_settings, profile.episodes, profile.n_query, profile.classifier,
-                    profile.seed, n, k,
-                )  # fmt: skip
-            todo = tuple(
-                cell
-                for cell, col in columns_of.items()
-                if args.fresh or cache.get(method, col, settings[method, col]) is None
-            )
-            if not todo:
-                continue
-            run_dir = out / "runs" / method / dataset
-            if METHODS[method].kind != "untrained":
-                prepare_run_dir(run_dir, run_settings, args.fresh)
-            jobs.append(
-                Job(
-                    method, dataset, config, run_dir, todo, profile.n_query, profile.episodes,
-                    profile.classifier, profile.seed, profile.threads,
-                    progress=progress and not parallel,
-                )
-            )  # fmt: skip
-
     bar = tqdm(total=len(jobs), desc="table1", disable=not progress, dynamic_ncols=True)
 
-    def store(job: Job, results: list[tuple[int, int, dict[str, Any]]]) -> None:
-        for n_way, k_shot, result in results:
-            col = column_name(job.dataset, n_way, k_shot)
-            cell = {**result, "method": job.method, "dataset": job.dataset}
-            cache.put(job.method, col, cell, settings[job.method, col])
-        bar.set_postfix_str(f"{job.method} on {job.dataset} done")
+    def store(job: Job, result: dict[str, Any]) -> None:
+        cell = {"method": job.method, "dataset": job.dataset, "seed": job.seed, **result}
+        cache.put(
+            job.method,
+            f"{job.dataset}__seed{job.seed}",
+            cell,
+            settings[job.method, job.dataset, job.seed],
+        )
+        bar.set_postfix_str(f"{job.method} on {job.dataset}, seed {job.seed}: done")
         bar.update()
 
     if parallel and jobs:
-        bar.set_postfix_str(f"{min(args.jobs, len(jobs))} workers")
-    run_jobs(jobs, args.jobs, store)
+        bar.set_postfix_str(f"{min(the_plan.jobs, len(jobs))} workers")
+    run_jobs(jobs, run_job, the_plan.jobs, store, _job_cost)
     bar.close()
 
-    for method in methods:
-        label = METHODS[method].label
-        for dataset in datasets:
-            for n_way, k_shot in profile.cells(dataset):
-                col = column_name(dataset, n_way, k_shot)
-                cell = cache.get(method, col, settings[method, col])
-                assert cell is not None
-                table.set(label, col, format_mean_ci(cell["mean"], cell["ci95"]), raw=cell)
-        table.notes.setdefault(label, "this harness")
-    for ref in references(profile, datasets) if profile.name != "cpu" else []:
-        for col, value in ref["cells"].items():
-            if col in columns:
-                table.set(ref["method"], col, f"{value:.2f}")
-        table.notes[ref["method"]] = ref["source"]
-
+    cells = {
+        (m, d, s): cache.get(m, f"{d}__seed{s}", settings[m, d, s])
+        for m in the_plan.methods
+        for d in the_plan.datasets
+        for s in profile.seeds
+    }
     elapsed = time.perf_counter() - started
-    table.write(
-        out,
-        "table1",
-        meta={"profile": profile.name, "episodes": profile.episodes, "wall_time_s": elapsed},
-    )
+    table = assemble(the_plan, cells, elapsed)
     print(table.markdown())
-    print(f"wrote {out / 'table1.md'}, .csv, .json in {elapsed:.0f} s", file=sys.stderr)
+    print(
+        f"wrote {out / 'table1.md'} (.csv, .json, .tex) and figures in {elapsed:.0f} s",
+        file=sys.stderr,
+    )
     return table
 
 

@@ -1,8 +1,8 @@
 """Results tables: cached cells, Markdown/CSV/JSON output, written atomically.
 
 A table is rows (methods) × columns (benchmark cells). Each finished cell is stored as its own
-JSON file so that a rerun skips it; the assembled table is written as ``<name>.md``, ``.csv`` and
-``.json`` next to the cells.
+JSON file so that a rerun skips it; the assembled table is written as ``<name>.md``, ``.csv``,
+``.json`` and ``.tex`` (booktabs) next to the cells.
 """
 
 from __future__ import annotations
@@ -12,9 +12,11 @@ import dataclasses
 import hashlib
 import io
 import json
+import math
 import re
 import shutil
-from collections.abc import Sequence
+import unicodedata
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,38 +87,172 @@ class CellCache:
         write_json(self.path(row, column), value)
 
 
+# Marks of a cell against the reference row, as Markdown shows them and as LaTeX typesets them.
+MARKS = {"better": "▲", "worse": "▼", "": ""}
+LATEX_MARKS = {"better": r"$^\blacktriangle$", "worse": r"$^\blacktriangledown$", "": ""}
+SIGNIFICANCE_TEST = "paired 95% hierarchical bootstrap interval excludes zero"
+
+
 @dataclass
 class Table:
-    """Rows × columns of formatted cells, with optional per-row source notes."""
+    """Rows × columns of formatted cells, with per-row source notes, extra text columns, and
+    per-cell significance marks and bold.
+
+    ``rows[row][column]`` is the cell's text, ``raw[row][column]`` its JSON-able numbers,
+    ``notes[row]`` its source (the last column), ``extra_columns[header][row]`` the text of an
+    extra column (e.g. the training budget) shown after the numeric columns. ``marks`` and
+    ``bolded`` are set through :meth:`mark`, :meth:`bold` or :meth:`annotate`; ``reference`` is
+    the row the marks compare against, named in the legend.
+    """
 
     title: str
     columns: list[str]
     rows: dict[str, dict[str, str]] = field(default_factory=dict)
     notes: dict[str, str] = field(default_factory=dict)
     raw: dict[str, dict[str, Any]] = field(default_factory=dict)
+    extra_columns: dict[str, dict[str, str]] = field(default_factory=dict)
+    marks: dict[str, dict[str, str]] = field(default_factory=dict)
+    bolded: dict[str, set[str]] = field(default_factory=dict)
+    reference: str | None = None
+    comparisons: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
     def set(self, row: str, column: str, text: str, raw: Any = None) -> None:
         self.rows.setdefault(row, {})[column] = text
         if raw is not None:
             self.raw.setdefault(row, {})[column] = raw
 
-    def markdown(self, bold_best: bool = True) -> str:
-        """GitHub Markdown; the best measured mean of each column is bold."""
-        header = ["Method", *self.columns] + (["Source"] if self.notes else [])
-        best = self._best_rows() if bold_best else {}
+    def mark(self, row: str, column: str, mark: str) -> None:
+        """Mark a cell ``"better"`` / ``"worse"`` than the reference row, or ``""`` (neither)."""
+        if mark not in MARKS:
+            raise ValueError(f"mark must be one of {sorted(MARKS)}, got {mark!r}")
+        self.marks.setdefault(row, {})[column] = mark
+
+    def bold(self, row: str, column: str) -> None:
+        """Bold a cell: the caller has found ``row`` significantly better than every other row."""
+        self.bolded.setdefault(row, set()).add(column)
+
+    def annotate(
+        self,
+        column: str,
+        comparisons: Mapping[tuple[str, str], dict[str, Any]],
+        reference: str | None,
+    ) -> None:
+        """Marks, bold and JSON record of one column from :func:`reproduce.stats.compare_rows`.
+
+        Each row other than ``reference`` is marked by the sign of its paired interval against
+        ``reference``; a row is bolded if its interval against every other compared row lies
+        above zero. The comparisons are kept for :meth:`write`'s JSON.
+        """
+        from reproduce.stats import beats_all, comparisons_json
+
+        if reference is not None:
+            self.reference = reference
+            for (row, other), result in comparisons.items():
+                if other == reference:
+                    self.mark(row, column, {1: "better", -1: "worse"}.get(result["sign"], ""))
+        for row in {pair[0] for pair in comparisons}:
+            if beats_all(comparisons, row):
+                self.bold(row, column)
+        self.comparisons[column] = comparisons_json(comparisons)
+
+    def _has_marks(self) -> bool:
+        return any(m for cells in self.marks.values() for m in cells.values())
+
+    def _legend(self, marks: tuple[str, str], bold: str, escape: Callable[[str], str] = str) -> str:
+        """The line that says what the marks and bold mean, with ``marks`` and ``bold`` in the
+        output's own notation and prose passed through ``escape``; empty when there are none."""
+        parts = []
+        if self._has_marks() or self.reference is not None:
+            against = self.reference if self.reference is not None else "the reference row"
+            prose = f": better/worse than {against} ({SIGNIFICANCE_TEST})"
+            parts.append(f"{marks[0]}/{marks[1]}{escape(prose)}")
+        if any(self.bolded.values()):
+            parts.append(f"{bold}{escape(': better than every other row by the same test')}")
+        return "; ".join(parts) + "." if parts else ""
+
+    def _header(self) -> list[str]:
+        return ["Method", *self.columns, *self.extra_columns] + (["Source"] if self.notes else [])
+
+    def _cells(
+        self, row: str, bold_best: dict[str, str] | None = None
+    ) -> list[tuple[str, bool, str]]:
+        """``(text, bold, mark)`` of each numeric column of ``row``, in column order."""
+        cells = self.rows.get(row, {})
+        return [
+            (
+                cells.get(col, "–"),
+                col in self.bolded.get(row, ()) or (bold_best or {}).get(col) == row,
+                self.marks.get(row, {}).get(col, ""),
+            )
+            for col in self.columns
+        ]
+
+    def _texts(self, row: str) -> list[str]:
+        """The extra columns' and the source's text of ``row``."""
+        extra = [values.get(row, "") for values in self.extra_columns.values()]
+        return extra + ([self.notes.get(row, "")] if self.notes else [])
+
+    def markdown(self, bold_best: bool = False) -> str:
+        """GitHub Markdown with a legend line under it.
+
+        Bold cells are those set by :meth:`bold` (significance decided by the caller); with
+        ``bold_best`` the highest mean of each column is bolded as well, without any test.
+        A mark shows as ▲ (better) or ▼ (worse) after the number.
+        """
+        best = self._best_rows() if bold_best else None
+        header = self._header()
+        n_text = len(header) - 1 - len(self.columns)
         lines = [f"**{self.title}**", "", "| " + " | ".join(header) + " |"]
         lines.append(
-            "|"
-            + "|".join(["---"] + ["---:"] * len(self.columns) + (["---"] if self.notes else []))
-            + "|"
+            "|" + "|".join(["---"] + ["---:"] * len(self.columns) + ["---"] * n_text) + "|"
         )
-        for row, cells in self.rows.items():
-            texts = []
-            for col in self.columns:
-                text = cells.get(col, "–")
-                texts.append(f"**{text}**" if best.get(col) == row else text)
-            extra = [self.notes.get(row, "")] if self.notes else []
-            lines.append("| " + " | ".join([row, *texts, *extra]) + " |")
+        for row in self.rows:
+            texts = [
+                (f"**{text}**" if bold else text) + (f" {MARKS[mark]}" if mark else "")
+                for text, bold, mark in self._cells(row, best)
+            ]
+            lines.append("| " + " | ".join([row, *texts, *self._texts(row)]) + " |")
+        legend = self._legend((MARKS["better"], MARKS["worse"]), "**Bold**")
+        return "\n".join(lines + ([f"\n{legend}"] if legend else [])) + "\n"
+
+    def latex(self, label: str | None = None) -> str:
+        """A booktabs ``table`` environment (needs ``\\usepackage{booktabs,amssymb}``).
+
+        Cells keep their text with ``±`` as ``$\\pm$``, bold as ``\\textbf``, marks as
+        ``$^\\blacktriangle$`` / ``$^\\blacktriangledown$``; the title and legend form the
+        caption. Every special character of LaTeX is escaped (see :func:`latex_escape`).
+        """
+        header = self._header()
+        n_text = len(header) - 1 - len(self.columns)
+        spec = "l" + "r" * len(self.columns) + "l" * n_text
+        legend = self._legend(
+            (LATEX_MARKS["better"], LATEX_MARKS["worse"]), r"\textbf{Bold}", latex_escape
+        )
+        caption = latex_escape(self.title.rstrip(".")) + (f". {legend}" if legend else "")
+        lines = [
+            r"% booktabs table written by reproduce/tables.py; needs \usepackage{booktabs,amssymb}",
+            r"\begin{table}[t]",
+            r"\centering",
+            r"\small",
+            rf"\caption{{{caption}}}",
+        ]
+        if label:
+            lines.append(rf"\label{{tab:{slug(label)}}}")
+        lines += [
+            rf"\begin{{tabular}}{{{spec}}}",
+            r"\toprule",
+            " & ".join(latex_escape(h) for h in header) + r" \\",
+            r"\midrule",
+        ]
+        for row in self.rows:
+            cells = [
+                (rf"\textbf{{{latex_escape(text)}}}" if bold else latex_escape(text))
+                + LATEX_MARKS[mark]
+                for text, bold, mark in self._cells(row)
+            ]
+            texts = [latex_escape(t) for t in self._texts(row)]
+            lines.append(" & ".join([latex_escape(row), *cells, *texts]) + r" \\")
+        lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
         return "\n".join(lines) + "\n"
 
     def _best_rows(self) -> dict[str, str]:
@@ -132,26 +268,38 @@ class Table:
         return best
 
     def csv(self) -> str:
+        """Plain cell texts (no marks or bold): ``method, <columns>, source, <extra columns>``."""
         buffer = io.StringIO()
         writer = csv.writer(buffer)
-        writer.writerow(["method", *self.columns, "source"])
+        # Extra columns go last so that the columns readers already index stay where they were.
+        writer.writerow(["method", *self.columns, "source", *self.extra_columns])
         for row, cells in self.rows.items():
             writer.writerow(
-                [row, *(cells.get(c, "") for c in self.columns), self.notes.get(row, "")]
+                [
+                    row,
+                    *(cells.get(c, "") for c in self.columns),
+                    self.notes.get(row, ""),
+                    *(values.get(row, "") for values in self.extra_columns.values()),
+                ]
             )
         return buffer.getvalue()
 
     def write(
         self, out_dir: str | Path, name: str, meta: dict[str, Any] | None = None
     ) -> list[Path]:
-        """Write ``name.md``, ``name.csv`` and ``name.json`` atomically; return their paths."""
+        """Write ``name.md``, ``.csv``, ``.json`` and ``.tex`` atomically; return their paths."""
         out = Path(out_dir)
-        payload = {
+        payload: dict[str, Any] = {
             "title": self.title,
             "columns": self.columns,
             "rows": self.raw,
             "text": self.rows,
             "sources": self.notes,
+            "extra_columns": self.extra_columns,
+            "reference": self.reference,
+            "marks": self.marks,
+            "bold": {row: sorted(cols) for row, cols in self.bolded.items() if cols},
+            "comparisons": self.comparisons,
         }
         if meta:
             payload["meta"] = meta
@@ -159,11 +307,74 @@ class Table:
             write_text(out / f"{name}.md", self.markdown()),
             write_text(out / f"{name}.csv", self.csv()),
             write_json(out / f"{name}.json", payload),
+            write_text(out / f"{name}.tex", self.latex(label=name)),
         ]
 
 
-def format_mean_ci(mean: float, ci: float) -> str:
-    return f"{mean:.2f} ± {ci:.2f}"
+def format_mean_ci(mean: float, ci: float | None, digits: int = 2) -> str:
+    """``"mean ± ci"``; just the mean when the interval is undefined (``None`` or NaN, e.g. a
+    t-interval over one seed)."""
+    if ci is None or not math.isfinite(ci):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {ci:.{digits}f}"
+
+
+# Characters LaTeX treats specially in text, and common Unicode that pdfLaTeX lacks in text mode.
+_LATEX_CHARS = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "<": r"$<$",
+    ">": r"$>$",
+    "±": r"$\pm$",
+    "→": r"$\rightarrow$",
+    "←": r"$\leftarrow$",
+    "−": r"$-$",
+    "–": "--",
+    "—": "---",
+    "×": r"$\times$",
+    "·": r"$\cdot$",
+    "≥": r"$\geq$",
+    "≤": r"$\leq$",
+    "≈": r"$\approx$",
+    "√": r"$\surd$",
+    "…": r"\ldots{}",
+    "▲": LATEX_MARKS["better"],
+    "▼": LATEX_MARKS["worse"],
+}
+# Capital Greek letters LaTeX has a macro for; the others look like Latin capitals.
+_GREEK_CAPITALS = {"Gamma", "Delta", "Theta", "Lambda", "Xi", "Pi", "Sigma", "Upsilon", "Phi",
+                   "Psi", "Omega"}  # fmt: skip
+
+
+def _latex_char(char: str) -> str:
+    if char in _LATEX_CHARS:
+        return _LATEX_CHARS[char]
+    name = unicodedata.name(char, "")
+    for prefix, case in (("GREEK SMALL LETTER ", str.lower), ("GREEK CAPITAL LETTER ", str.title)):
+        letter = name.removeprefix(prefix)
+        if letter == name or " " in letter:
+            continue
+        # Unicode spells lambda "LAMDA"; omicron has no macro because it looks like an "o".
+        letter = case({"LAMDA": "LAMBDA"}.get(letter, letter))
+        if letter in ("omicron", "Omicron") or (
+            case is str.title and letter not in _GREEK_CAPITALS
+        ):
+            return letter[0]  # Alpha, Beta, ... look like the Latin capitals
+        return rf"$\{letter}$"
+    return char
+
+
+def latex_escape(text: str) -> str:
+    """``text`` safe in LaTeX text mode: specials escaped, ``±``, ``δ``, ``→`` etc. as math."""
+    return "".join(_latex_char(c) for c in text)
 
 
 def parse_key_values(items: Sequence[str], what: str) -> dict[str, str]:

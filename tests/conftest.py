@@ -11,3 +11,24 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def fake_downstream(tmp_path):
+    """``make(name)``: a fake root of downstream set ``name`` under ``tmp_path`` (tests.fakes)."""
+    from tests.fakes import FAKES
+
+    def make(name: str):
+        return FAKES[name](tmp_path / name)
+
+    return make
+
+
+@pytest.fixture
+def class_tree(tmp_path):
+    """A flat ImageFolder tree ``<class>/<image>.png``: 4 classes x 3 images of 10x10 pixels."""
+    from tests.fakes import class_names, write_class_tree
+
+    root = tmp_path / "tree"
+    write_class_tree(root, class_names(4), per_class=3)
+    return root

@@ -1,12 +1,18 @@
-"""Command line: ``python -m tuning {search,spaces,report}``.
+"""Command line: ``python -m tuning {search,spaces,report}``, in the harness's one dialect.
+
+    python -m tuning search METHOD --space SPACE [--config FILE|PRESET] [--out DIR|URI] [--quiet]
+        [key=value ...] [--num-samples N] [--search {random,grid}] [--scheduler {asha,fifo}]
+        [--seeds 0,1] [--gpus-per-trial F] [--address ADDR] [--resume] ...
+    python -m tuning spaces
+    python -m tuning report DIR
 
 Examples::
 
-    python -m tuning spaces
-    python -m tuning search bmssl --space bmssl-delta --preset cpu --num-cpus 2
+    python -m tuning search bmssl --space bmssl-delta --config tiny --num-cpus 2
+    python -m tuning search bissl --space bissl-lambda-gamma --config tiny bilevel.alternations=12
     python -m tuning search bissl --space bissl-lambda-gamma --num-samples 16 --gpus-per-trial 0.5
-    python -m tuning search bissl --space bissl-lambda-gamma --address auto --storage /shared/tune
-    python -m tuning search bmssl --space bmssl-delta --preset cpu --resume   # after Ctrl-C
+    python -m tuning search bmssl --space bmssl-delta --address auto --out /shared/tune
+    python -m tuning search bmssl --space bmssl-delta --config tiny --resume   # after Ctrl-C
     python -m tuning report results/tuning/bmssl-bmssl-delta
 """
 
@@ -16,44 +22,50 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from bmssl.config import parse_overrides
-from bmssl.errors import cli_entry
-from tuning.methods import PRESETS
-from tuning.spaces import METHODS, SCHEDULERS, SEARCH_ALGORITHMS, SPACES
+from bmssl.cli import parse_args, split_positional, verb_parser
+from bmssl.errors import UserError, cli_entry
+from tuning.plan import DEFAULT_STORAGE
+from tuning.spaces import SCHEDULERS, SEARCH_ALGORITHMS, SPACES
 
 EXIT_INTERRUPTED = 130
 EXIT_TRIALS_FAILED = 1
+#: options of ``search`` that take no value (everything else starting with -- takes one)
+_FLAGS = ("--quiet", "--resume", "-h", "--help")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(method: str | None = None) -> argparse.ArgumentParser:
+    """The parser; with ``method``, ``search --help`` lists that method's config options."""
     parser = argparse.ArgumentParser(
         prog="python -m tuning",
-        description="Ray Tune searches and ablations over BMSSL and BiSSL hyperparameters.",
+        description="Ray Tune searches and ablations over the registered methods.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    config_cls, presets = None, ()
+    if method is not None:
+        from bmssl.methods import get_method
 
-    search = sub.add_parser(
+        shown = get_method(method)
+        config_cls, presets = shown.config_class(), tuple(shown.presets)
+    search = verb_parser(
+        sub,
         "search",
-        help="run or resume a search",
-        description="Run a search (or resume one with --resume); writes <storage>/<name>/report.",
+        "run (or resume, with --resume) a search of METHOD over --space; "
+        "key=value options set the base config of every trial",
+        config_cls=config_cls,
+        out=None,
+        presets=presets,
     )
-    search.add_argument("method", help=f"method to search: {', '.join(METHODS)}")
     search.add_argument(
         "--space", required=True, help=f"search space: {', '.join(SPACES)} (see `spaces`)"
     )
-    search.add_argument("--config", dest="config_path", help="base YAML config of the method")
     search.add_argument(
-        "--set",
-        dest="overrides",
-        nargs="+",
-        default=[],
-        metavar="KEY=VALUE",
-        help="base config overrides, e.g. --set steps=200 width=16",
-    )
-    search.add_argument(
-        "--preset",
-        choices=PRESETS,
-        help="cpu: tiny networks and few steps, so a trial takes seconds on a CPU",
+        "--out",
+        "--storage",
+        dest="out",
+        default=DEFAULT_STORAGE,
+        metavar="DIR",
+        help="storage: a directory (on a cluster, one every node mounts) or a URI Ray accepts "
+        f"(file://, s3://, gs://); the search lives in <out>/<name> (default {DEFAULT_STORAGE})",
     )
     search.add_argument(
         "--num-samples",
@@ -64,24 +76,29 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument(
         "--search",
         choices=SEARCH_ALGORITHMS,
-        help="random or grid (default: grid for discrete spaces, random otherwise)",
+        help="random or grid (default: grid for ablations, random for searches)",
     )
     search.add_argument(
         "--scheduler",
         choices=SCHEDULERS,
-        help="asha (stop poor trials early; default for searches) or fifo (every trial runs "
-        "to the end; default for ablations)",
+        help="asha (stop poor trials early; default for searches whose metric is reported at "
+        "every validation) or fifo (every trial runs to the end)",
     )
     search.add_argument(
         "--seeds",
         type=_int_list,
-        help="comma-separated seeds: run every configuration once per seed (default: each "
-        "trial draws its own seed, recorded in the results)",
+        help="comma-separated seeds: run every configuration once per seed (default: 0,1 for "
+        "ablations; one seed drawn per trial for searches)",
     )
     search.add_argument(
         "--search-seed", type=int, default=0, help="seed of the sampler (default 0)"
     )
-    search.add_argument("--gpus-per-trial", type=float, default=0.0, help="default 0")
+    search.add_argument(
+        "--gpus-per-trial",
+        type=float,
+        default=0.0,
+        help="GPUs per trial: 0 (default), a fraction to share a GPU, or 1",
+    )
     search.add_argument("--cpus-per-trial", type=float, default=1.0, help="default 1")
     search.add_argument("--max-concurrent", type=int, help="cap on trials running at once")
     search.add_argument(
@@ -89,28 +106,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     search.add_argument(
         "--address",
-        help="Ray cluster to join ('auto' finds the one `ray start` made); default: start a "
-        "local Ray on this machine",
+        help="Ray cluster to join (HOST:PORT, or 'auto' for the one `ray start` made here); "
+        "default: start a local Ray on this machine",
     )
     search.add_argument("--num-cpus", type=int, help="CPUs a local Ray may use (default: all)")
-    search.add_argument(
-        "--storage",
-        default="results/tuning",
-        help="directory for results and checkpoints; on a cluster, a path every node mounts "
-        "(default results/tuning)",
-    )
     search.add_argument("--name", help="search name (default <method>-<space>)")
     search.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue the search <storage>/<name> after an interrupt",
+        "--resume", action="store_true", help="continue the search <out>/<name> after an interrupt"
     )
-    search.add_argument("--quiet", action="store_true", help="less Tune progress output")
 
-    sub.add_parser("spaces", help="list the search spaces and the methods they apply to")
-
-    report = sub.add_parser("report", help="re-export the report of a search directory")
-    report.add_argument("experiment_dir", help="<storage>/<name> of a search")
+    verb_parser(sub, "spaces", "list the search spaces and the methods they apply to", config=False, out=None)
+    verb_parser(
+        sub,
+        "report",
+        "rewrite the report of a search directory (DIR = <out>/<name>, a path or URI)",
+        config=False,
+        out=None,
+    )
     return parser
 
 
@@ -123,72 +135,99 @@ def _int_list(text: str) -> list[int]:
         ) from None
 
 
+def _method_word(argv: Sequence[str]) -> str | None:
+    """The METHOD of ``search METHOD ...``: its first bare word that is no option's value."""
+    if not argv or argv[0] != "search":
+        return None
+    skip = False
+    for token in argv[1:]:
+        if skip:
+            skip = False
+        elif token.startswith("-"):
+            skip = "=" not in token and token not in _FLAGS
+        elif "=" not in token:
+            return token
+    return None
+
+
 @cli_entry
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(build_parser(_method_word(argv)), argv, positional=True)
+    word, overrides = split_positional(args.overrides)
     if args.command == "spaces":
         return _list_spaces()
     if args.command == "report":
+        if word is None or overrides:
+            raise UserError("report takes one directory: python -m tuning report <out>/<name>")
         from tuning.search import report_existing
 
-        plan, paths = report_existing(args.experiment_dir)
-        print(f"report of {plan['name']!r}: {paths.summary_md}")
+        plan, _, experiment = report_existing(word)
+        print(f"report of {plan.name!r}: {experiment.child('report').display('summary.md')}")
         return 0
-    return _search(args)
+    if word is None:
+        raise UserError("search needs a METHOD: python -m tuning search METHOD --space SPACE")
+    return _search(args, word, overrides)
 
 
 def _list_spaces() -> int:
+    from tuning.spaces import SPACES
+
     for space in SPACES.values():
-        methods = ", ".join(space.targets)
-        print(f"{space.name:<20} [{space.kind}; {methods}]\n    {space.description}")
+        methods = ", ".join(m.name for m in space.applicable_methods()) or "none registered"
+        print(
+            f"{space.name:<20} [{space.kind}; varies {', '.join(space.fields)}; methods: "
+            f"{methods}]\n    {space.description}"
+        )
     return 0
 
 
-def _search(args: argparse.Namespace) -> int:
-    from tuning.search import SearchRequest, run_search, validate_request
+def _search(args: argparse.Namespace, method: str, overrides: list[str]) -> int:
+    from tuning.plan import SearchRequest
+    from tuning.search import run_search
 
-    request = SearchRequest(
-        method=args.method,
-        space=args.space,
-        config_path=args.config_path,
-        overrides=parse_overrides(args.overrides),
-        preset=args.preset,
-        num_samples=args.num_samples,
-        search=args.search,
-        scheduler=args.scheduler,
-        seeds=args.seeds,
-        search_seed=args.search_seed,
-        gpus_per_trial=args.gpus_per_trial,
-        cpus_per_trial=args.cpus_per_trial,
-        max_concurrent=args.max_concurrent,
-        grace_period=args.grace_period,
-        storage=args.storage,
-        name=args.name,
-        resume=args.resume,
-        address=args.address,
-        num_cpus=args.num_cpus,
-        verbose=0 if args.quiet else 1,
+    outcome = run_search(
+        SearchRequest(
+            method=method,
+            space=args.space,
+            config=args.config,
+            overrides=overrides,
+            num_samples=args.num_samples,
+            search=args.search,
+            scheduler=args.scheduler,
+            seeds=args.seeds,
+            search_seed=args.search_seed,
+            gpus_per_trial=args.gpus_per_trial,
+            cpus_per_trial=args.cpus_per_trial,
+            max_concurrent=args.max_concurrent,
+            grace_period=args.grace_period,
+            out=args.out,
+            name=args.name,
+            resume=args.resume,
+            address=args.address,
+            num_cpus=args.num_cpus,
+            quiet=args.quiet,
+        )
     )
-    validate_request(request)
-    outcome = run_search(request)
     done = len(outcome.records) - len(outcome.unfinished)
     print(
-        f"\nsearch {outcome.plan['name']!r}: {done}/{len(outcome.records)} trials finished in "
+        f"\nsearch {outcome.plan.name!r}: {done}/{len(outcome.records)} trials finished in "
         f"{outcome.wall_s:.1f} s{' (resumed)' if outcome.resumed else ''}"
     )
     best = outcome.best
     if best is not None:
         params = ", ".join(f"{k}={v}" for k, v in best.params.items())
         print(f"best: {params}, seed={best.seed}: val_acc={best.val_acc:.2f} at step {best.step}")
-    print(f"report: {outcome.report.summary_md}")
-    print(f"plot:   {outcome.report.plot_png}")
+    report = outcome.report_dir
+    print(f"report: {report.display('summary.md')}")
+    print(f"plot:   {report.display('accuracy_vs_params.png')}")
     if outcome.report.best_yaml is not None:
-        print(f"best config: {outcome.report.best_yaml}")
+        print(f"best config: {report.display('best_config.yaml')}")
     failed = [r for r in outcome.records if r.status == "ERROR"]
     if failed:
         print(
             f"{len(failed)} trial(s) failed ({failed[0].trial_id}: {failed[0].error}); see "
-            f"{outcome.report.trials_csv}. --resume retries them from their last checkpoint",
+            f"{report.display('trials.csv')}. --resume retries them from their last checkpoint",
             file=sys.stderr,
         )
     if outcome.interrupted:

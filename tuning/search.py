@@ -1,83 +1,71 @@
-"""The search driver: resolve a request into a stored plan, build (or restore) the Tuner, run it,
-export the results.
+"""The search driver: resolve a request into a :class:`tuning.plan.SearchPlan`, store it, build
+(or restore) the Tuner, run it, export the results.
 
-A search lives in ``<storage>/<name>``: Tune's experiment state and trial directories, our
-``tuning_spec.json`` (the resolved plan: method, space, base config, scheduler, resources, and
-one entry per driver session), and ``report/`` (see :mod:`tuning.export`). ``--resume`` restores
-the Tune experiment from there with :meth:`ray.tune.Tuner.restore`: finished trials keep their
-results, unfinished ones continue from their last checkpoint, pending ones start.
+A search lives in ``<out>/<name>`` (a directory, or a URI Ray accepts): Tune's experiment state
+and trial directories (each with Tune's ``result.json``, ``progress.csv`` and TensorBoard events),
+our ``tuning_spec.json`` (the plan, and one entry per driver session) and ``report/`` (see
+:mod:`tuning.report`). ``--resume`` restores the Tune experiment from there with
+:meth:`ray.tune.Tuner.restore`: finished trials keep their results, unfinished ones continue from
+their last checkpoint, pending ones start.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import json
+import logging
 import os
 import sys
+import tempfile
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bmssl.config import config_to_yaml
-from bmssl.errors import UserError, check_choice, check_positive
-from bmssl.io import write_json
-from tuning.export import (
+from bmssl.errors import UserError
+from tuning.plan import SearchPlan, SearchRequest, make_plan
+from tuning.records import (
     FINAL_STATUSES,
-    ReportPaths,
     TrialRecord,
     best_record,
     load_records,
     quiet_missing_results,
 )
-from tuning.export import write_report as _write_report
-from tuning.methods import get_target
-from tuning.spaces import SCHEDULERS, SEARCH_ALGORITHMS, Axis, get_space, param_space
+from tuning.report import ReportPaths, write_report
+from tuning.spaces import param_space
+from tuning.storage import Location, location_of, resolve_storage
 
 SPEC_FILE = "tuning_spec.json"
 REPORT_DIR = "report"
-DEFAULT_STORAGE = "results/tuning"
+#: Tune's switch between its newer console output and the legacy reporter
+NEW_OUTPUT_ENV = "RAY_AIR_NEW_OUTPUT"
 #: ASHA's reduction factor: keep the top third at each rung
 ASHA_REDUCTION_FACTOR = 3
 
 
 @dataclass
-class SearchRequest:
-    """What the user asked for (the command line, or a test)."""
-
-    method: str
-    space: str
-    config_path: str | None = None
-    overrides: dict[str, Any] = field(default_factory=dict)
-    preset: str | None = None
-    num_samples: int | None = None
-    search: str | None = None
-    scheduler: str | None = None
-    seeds: list[int] | None = None
-    search_seed: int = 0
-    gpus_per_trial: float = 0.0
-    cpus_per_trial: float = 1.0
-    max_concurrent: int | None = None
-    grace_period: int | None = None
-    storage: str = DEFAULT_STORAGE
-    name: str | None = None
-    resume: bool = False
-    address: str | None = None
-    num_cpus: int | None = None
-    verbose: int = 1
-
-
-@dataclass
 class SearchOutcome:
-    """What a driver session ended with."""
+    """What a driver session ended with. ``report`` holds the local files of the report; for
+    remote storage they were uploaded to ``report_dir`` and the local copies are gone."""
 
-    experiment_dir: Path
-    plan: dict[str, Any]
+    experiment: Location
+    plan: SearchPlan
     records: list[TrialRecord]
     report: ReportPaths
     wall_s: float
     resumed: bool
+
+    @property
+    def experiment_dir(self) -> Path:
+        """The experiment directory on this machine (local storage only)."""
+        if self.experiment.local is None:
+            raise ValueError(f"{self.experiment.uri} is not on this machine")
+        return self.experiment.local
+
+    @property
+    def report_dir(self) -> Location:
+        return self.experiment.child(REPORT_DIR)
 
     @property
     def unfinished(self) -> list[TrialRecord]:
@@ -92,145 +80,66 @@ class SearchOutcome:
         return best_record(self.records)
 
 
-def storage_dir(storage: str) -> Path:
-    """The absolute local (or shared-mount) directory Tune writes to."""
-    if "://" in storage:
-        raise UserError(
-            f"--storage {storage!r} is a URI; pass a directory path (a local disk for one machine, "
-            "a mount every node shares, such as NFS, for a cluster)"
-        )
-    return Path(storage).expanduser().resolve()
-
-
-def validate_request(request: SearchRequest) -> None:
-    """Raise :class:`UserError` for any bad value in ``request`` (before Ray starts)."""
-    space = get_space(request.space)
-    space.target_for(request.method)
-    if request.search is not None:
-        check_choice("search algorithm", request.search, SEARCH_ALGORITHMS)
-    if request.scheduler is not None:
-        check_choice("scheduler", request.scheduler, SCHEDULERS)
-    if request.num_samples is not None:
-        check_positive("--num-samples", request.num_samples)
-    check_positive("--cpus-per-trial", request.cpus_per_trial)
-    if request.gpus_per_trial < 0:
-        raise UserError(f"--gpus-per-trial must be >= 0, got {request.gpus_per_trial}")
-    if request.gpus_per_trial > 1 and request.gpus_per_trial != int(request.gpus_per_trial):
-        raise UserError(
-            f"--gpus-per-trial {request.gpus_per_trial} is not allowed: use a fraction up to 1 "
-            "(trials share a GPU) or a whole number of GPUs"
-        )
-    for name in ("max_concurrent", "grace_period", "num_cpus"):
-        value = getattr(request, name)
-        if value is not None:
-            check_positive("--" + name.replace("_", "-"), value)
-    if request.seeds is not None and not request.seeds:
-        raise UserError("--seeds is empty; give a comma-separated list such as 0,1,2")
-    if not request.name and request.name is not None:
-        raise UserError("--name is empty; give the search a name, or leave --name out")
-    if request.name and ("/" in request.name or request.name.startswith(".")):
-        raise UserError(f"--name {request.name!r} must be a plain directory name")
-    storage_dir(request.storage)
-
-
-def make_plan(request: SearchRequest) -> dict[str, Any]:
-    """Resolve ``request``: base config, axes, search/scheduler defaults, ASHA settings."""
-    validate_request(request)
-    space = get_space(request.space)
-    target = get_target(space.target_for(request.method))
-    base = target.base_config(request.config_path, request.overrides, request.preset)
-    axes = space.axes(base)
-    search = request.search or space.default_search
-    scheduler = request.scheduler or space.default_scheduler
-    num_samples = request.num_samples or space.default_num_samples(search)
-    steps_axis = next((a for a in axes if a.name == target.steps_attr), None)
-    max_t = int(max(steps_axis.grid)) if steps_axis else target.budget(base)
-    grace = int(request.grace_period or min(target.eval_interval(base), max_t))
-    return {
-        "name": request.name or f"{request.method}-{request.space}",
-        "method": request.method,
-        "space": request.space,
-        "space_description": space.description,
-        "target": target.name,
-        "base": dataclasses.asdict(base),
-        # the base as requested, before a driver stage filled anything in (resume compares it)
-        "requested_base": dataclasses.asdict(base),
-        "axes": [a.name for a in axes],
-        "search": search,
-        "scheduler": scheduler,
-        "num_samples": int(num_samples),
-        "seeds": list(request.seeds) if request.seeds else None,
-        "search_seed": int(request.search_seed),
-        "max_t": max_t,
-        "grace_period": grace,
-        "gpus_per_trial": float(request.gpus_per_trial),
-        "cpus_per_trial": float(request.cpus_per_trial),
-        "max_concurrent": request.max_concurrent,
-        "sessions": [],
-    }
-
-
-def plan_axes(plan: Mapping[str, Any]) -> list[Axis]:
-    """The plan's axes, rebuilt from its stored base config."""
-    target = get_target(plan["target"])
-    base = target.trial_config(plan["base"], {})
-    return get_space(plan["space"]).axes(base)
-
-
 def run_search(request: SearchRequest) -> SearchOutcome:
     """Run (or resume) a search to the end or to an interrupt; always writes the report."""
-    validate_request(request)
     session_start = time.perf_counter()
-    storage = storage_dir(request.storage)
-    name = request.name or f"{request.method}-{request.space}"
-    experiment_dir = storage / name
-    spec_path = experiment_dir / SPEC_FILE
+    plan = make_plan(request)  # every check, before anything is written
+    storage = resolve_storage(request.out)
+    experiment = storage.child(plan.name)
+    with _quiet_output(request.quiet):
+        return _run(request, plan, storage, experiment, session_start)
+
+
+def _run(
+    request: SearchRequest,
+    plan: SearchPlan,
+    storage: Location,
+    experiment: Location,
+    session_start: float,
+) -> SearchOutcome:
     from ray import tune
 
-    restorable = tune.Tuner.can_restore(str(experiment_dir))
+    restorable = tune.Tuner.can_restore(experiment.uri)
     if restorable and not request.resume:
         raise UserError(
-            f"search {name!r} already exists in {experiment_dir}; add --resume to continue it, "
-            "or pass --name to start another"
+            f"search {plan.name!r} already exists in {experiment.display()}; add --resume to "
+            "continue it, or pass --name to start another"
         )
     resumed = bool(request.resume and restorable)
     if resumed:
-        plan = _stored_plan(spec_path, request)
-        plan["gpus_per_trial"] = float(request.gpus_per_trial)
-        plan["cpus_per_trial"] = float(request.cpus_per_trial)
+        plan = _stored_plan(experiment, plan)
     else:
         if request.resume:
             print(
-                f"tuning: nothing to resume in {experiment_dir} (no saved experiment state); "
-                "starting the search",
+                f"tuning: nothing to resume in {experiment.display()} (no saved experiment "
+                "state); starting the search",
                 file=sys.stderr,
             )
-        plan = make_plan(request)
-        write_json(spec_path, plan)
-        plan["base"] = _prepared_base(plan, experiment_dir)
-    axes = plan_axes(plan)
-    write_json(spec_path, plan)
+        _write_spec(experiment, plan)
+        with _silenced_stderr(request.quiet):
+            plan.prepare(_shared_dir(experiment, plan.name))
+    _write_spec(experiment, plan)
     # Tune forces an experiment snapshot whenever a trial has replaced its kept checkpoints; we
     # want those snapshots (they make resume lose less) without a warning per snapshot.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    started_ray = _init_ray(request.address, request.num_cpus)
+    started_ray = _init_ray(request.address, request.num_cpus, request.quiet)
     try:
-        _check_resources(plan, connected=bool(request.address))
+        cluster = _check_resources(plan, bool(request.address), request.quiet)
         trainable = _trainable(plan)
         if resumed:
             with quiet_missing_results():
                 tuner = tune.Tuner.restore(
-                    str(experiment_dir), trainable, resume_unfinished=True, resume_errored=True
+                    experiment.uri, trainable, resume_unfinished=True, resume_errored=True
                 )
         else:
-            tuner = _new_tuner(plan, axes, trainable, storage, request.verbose)
+            tuner = _new_tuner(plan, trainable, storage, request.quiet)
         fit_start = time.perf_counter()
         with quiet_missing_results():
             tuner.fit()
         fit_s = time.perf_counter() - fit_start
         wall = time.perf_counter() - session_start
-        records = load_records(experiment_dir, plan["axes"])
-        plan["sessions"].append(
+        records = load_records(experiment, [a.name for a in plan.axes])
+        plan.sessions.append(
             {
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - wall)),
                 "wall_s": round(wall, 2),
@@ -238,11 +147,12 @@ def run_search(request: SearchRequest) -> SearchOutcome:
                 "resumed": resumed,
                 "finished_trials": sum(r.status in FINAL_STATUSES for r in records),
                 "trials": len(records),
+                "cluster": cluster,
             }
         )
-        write_json(spec_path, plan)
-        report = write_report(experiment_dir, plan, axes, records)
-        return SearchOutcome(experiment_dir, plan, records, report, wall, resumed)
+        _write_spec(experiment, plan)
+        report = export_report(experiment, plan, records)
+        return SearchOutcome(experiment, plan, records, report, wall, resumed)
     finally:
         if started_ray:
             import ray
@@ -250,103 +160,137 @@ def run_search(request: SearchRequest) -> SearchOutcome:
             ray.shutdown()
 
 
-def write_report(
-    experiment_dir: Path,
-    plan: Mapping[str, Any],
-    axes: Sequence[Axis],
-    records: Sequence[TrialRecord],
+def export_report(
+    experiment: Location, plan: SearchPlan, records: list[TrialRecord]
 ) -> ReportPaths:
-    """Export ``records`` into ``<experiment_dir>/report`` (best config YAML included)."""
+    """Write ``records`` into ``<experiment>/report`` (best config YAML included)."""
     best = best_record(records)
-    best_yaml = None
-    if best is not None:
-        target = get_target(plan["target"])
-        params = {k: v for k, v in best.params.items()}
-        if best.seed is not None:
-            params["seed"] = best.seed
-        best_yaml = f"# Train with it: {target.usage}\n" if target.usage else ""
-        best_yaml += config_to_yaml(target.trial_config(plan["base"], params))
-    return _write_report(records, plan, axes, experiment_dir / REPORT_DIR, best_yaml)
+    best_yaml = plan.best_config_yaml(best) if best is not None else None
+    with experiment.child(REPORT_DIR).staged() as directory:
+        return write_report(records, plan.to_json(), plan.axes, directory, best_yaml)
 
 
-def report_existing(experiment_dir: str | Path) -> tuple[dict[str, Any], ReportPaths]:
+def report_existing(experiment_dir: str | Path) -> tuple[SearchPlan, ReportPaths, Location]:
     """Re-export the report of a search directory (finished or not) without running anything."""
-    experiment_dir = Path(experiment_dir).expanduser().resolve()
-    spec_path = experiment_dir / SPEC_FILE
-    if not spec_path.is_file():
+    experiment = location_of(experiment_dir)
+    if not experiment.is_file(SPEC_FILE):
         raise UserError(
-            f"{experiment_dir} holds no {SPEC_FILE}; pass the directory of a search started with "
-            "`python -m tuning search` (<storage>/<name>)"
+            f"{experiment.display()} holds no {SPEC_FILE}; pass the directory of a search started "
+            "with `python -m tuning search` (<out>/<name>)"
         )
-    plan = json.loads(spec_path.read_text())
+    plan = SearchPlan.from_json(json.loads(experiment.read_text(SPEC_FILE)))
     from ray import tune
 
-    if not tune.Tuner.can_restore(str(experiment_dir)):
-        raise UserError(f"{experiment_dir} holds no Tune experiment state yet; nothing to report")
-    records = load_records(experiment_dir, plan["axes"])
-    return plan, write_report(experiment_dir, plan, plan_axes(plan), records)
+    if not tune.Tuner.can_restore(experiment.uri):
+        raise UserError(f"{experiment.display()} holds no Tune experiment state yet; nothing to report")
+    records = load_records(experiment, [a.name for a in plan.axes])
+    return plan, export_report(experiment, plan, records), experiment
 
 
 # -- helpers --------------------------------------------------------------------------------
 
 
-def _stored_plan(spec_path: Path, request: SearchRequest) -> dict[str, Any]:
-    if not spec_path.is_file():
+def _write_spec(experiment: Location, plan: SearchPlan) -> None:
+    experiment.write_text(SPEC_FILE, json.dumps(plan.to_json(), indent=2) + "\n")
+
+
+def _stored_plan(experiment: Location, now: SearchPlan) -> SearchPlan:
+    """The stored plan of the search being resumed, refusing a request with other settings."""
+    if not experiment.is_file(SPEC_FILE):
         raise UserError(
-            f"{spec_path.parent} holds Tune state but no {SPEC_FILE}; it was not started by "
+            f"{experiment.display()} holds Tune state but no {SPEC_FILE}; it was not started by "
             "`python -m tuning search`, so it cannot be resumed here"
         )
-    plan = json.loads(spec_path.read_text())
-    for key in ("method", "space"):
-        if plan[key] != getattr(request, key):
+    stored = SearchPlan.from_json(json.loads(experiment.read_text(SPEC_FILE)))
+    for key, mine, theirs in (
+        ("method", stored.method.name, now.method.name),
+        ("space", stored.space.name, now.space.name),
+    ):
+        if mine != theirs:
             raise UserError(
-                f"search {plan['name']!r} was started with {key} {plan[key]!r}, not "
-                f"{getattr(request, key)!r}; resume it with the same command it was started with"
+                f"search {stored.name!r} was started with {key} {mine!r}, not {theirs!r}; "
+                "resume it with the same command it was started with"
             )
     # Resuming must not quietly mix settings: the trials already run used the stored ones.
-    now = make_plan(request)
-    changed = [
-        f"{field}: {plan[key].get(field)!r} -> {now[key].get(field)!r}"
-        for key in ("requested_base",)
-        for field in sorted(set(plan[key]) | set(now[key]))
-        if plan[key].get(field) != now[key].get(field)
-    ]
-    changed += [
-        f"{key}: {plan[key]!r} -> {now[key]!r}"
-        for key in ("axes", "search", "scheduler", "num_samples", "seeds", "search_seed", "max_t")
-        if plan[key] != now[key]
-    ]
+    changed = stored.differences(now)
     if changed:
         raise UserError(
-            f"search {plan['name']!r} was started with other settings ({'; '.join(changed)}); "
+            f"search {stored.name!r} was started with other settings ({'; '.join(changed)}); "
             "resume it with the command it was started with, or pass --name to start another"
         )
-    return plan
+    stored.gpus_per_trial, stored.cpus_per_trial = now.gpus_per_trial, now.cpus_per_trial
+    return stored
 
 
-def _prepared_base(plan: Mapping[str, Any], experiment_dir: Path) -> dict[str, Any]:
-    """The plan's base config after the target's one-off driver stage (BiSSL: the pretext)."""
-    target = get_target(plan["target"])
-    base = target.trial_config(plan["base"], {})
-    return dataclasses.asdict(target.prepare(base, experiment_dir / "shared"))
+@contextlib.contextmanager
+def _silenced_stderr(quiet: bool) -> Iterator[None]:
+    if not quiet:
+        yield
+        return
+    with open(os.devnull, "w") as sink, contextlib.redirect_stderr(sink):
+        yield
 
 
-def _init_ray(address: str | None, num_cpus: int | None) -> bool:
-    """Connect to ``address`` or start a local Ray; True when this call started it."""
+def _shared_dir(experiment: Location, name: str) -> Path:
+    """Where a driver-side stage (BiSSL's pretext) puts files every trial reads."""
+    if experiment.local is not None:
+        return experiment.local / "shared"
+    # Remote storage: trials read the file by path, so it must be a path; on a multi-node
+    # cluster pass init_from on a mount every node shares instead.
+    return Path(tempfile.gettempdir()) / "tuning-shared" / name
+
+
+@contextlib.contextmanager
+def _quiet_output(quiet: bool) -> Iterator[None]:
+    """Under ``--quiet``: Ray's driver-side loggers at ERROR, Tune's legacy reporter (which
+    prints nothing at ``verbose=0``, unlike the newer one's experiment banner) and no chatter of
+    a driver-side stage on stderr. Restored afterwards."""
+    if not quiet:
+        yield
+        return
+    loggers = [logging.getLogger(name) for name in ("ray", "ray.tune", "ray.train")]
+    levels = [logger.level for logger in loggers]
+    old = os.environ.get(NEW_OUTPUT_ENV)
+    os.environ[NEW_OUTPUT_ENV] = "0"
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+        if old is None:
+            os.environ.pop(NEW_OUTPUT_ENV, None)
+        else:
+            os.environ[NEW_OUTPUT_ENV] = old
+
+
+def _init_ray(address: str | None, num_cpus: int | None, quiet: bool) -> bool:
+    """Connect to ``address`` or start a local Ray; True when this call started it.
+
+    ``quiet``: the workers' output is not forwarded to this terminal (``log_to_driver``; it
+    stays in Ray's session logs) and Ray logs only errors.
+    """
     import ray
 
     if ray.is_initialized():
         return False
+    logs: dict[str, Any] = {"log_to_driver": not quiet}
+    if quiet:
+        logs["logging_level"] = logging.ERROR
     if address:
         import bissl
         import bmssl
         import tuning
+        from bmssl.plugins import PLUGINS_ENV
 
         # Ship this checkout's packages to every node, so that workers run the same code as
-        # the driver without an install on each machine.
-        runtime_env = {"py_modules": [bmssl, bissl, tuning]}
+        # the driver without an install on each machine; plugin methods must be importable.
+        runtime_env: dict[str, Any] = {"py_modules": [bmssl, bissl, tuning]}
+        if os.environ.get(PLUGINS_ENV):
+            runtime_env["env_vars"] = {PLUGINS_ENV: os.environ[PLUGINS_ENV]}
         try:
-            ray.init(address=address, runtime_env=runtime_env)
+            ray.init(address=address, runtime_env=runtime_env, **logs)
         except ConnectionError as err:
             raise UserError(
                 f"cannot connect to a Ray cluster at --address {address!r} ({err}); start one "
@@ -354,21 +298,23 @@ def _init_ray(address: str | None, num_cpus: int | None) -> bool:
                 "on the others), or leave --address out to run on this machine"
             ) from None
         return True
-    ray.init(num_cpus=num_cpus, include_dashboard=False)
+    ray.init(num_cpus=num_cpus, include_dashboard=False, **logs)
     return True
 
 
-def _trainable(plan: Mapping[str, Any]) -> Any:
+def _trainable(plan: SearchPlan) -> Any:
     from ray import tune
 
-    from tuning.trainables import run_trial
+    from tuning.trainables import TrialSpec, run_trial
 
-    spec = {
-        "target": plan["target"],
-        "base": plan["base"],
-        "cpus_per_trial": plan["cpus_per_trial"],
-    }
-    resources = {"cpu": plan["cpus_per_trial"], "gpu": plan["gpus_per_trial"]}
+    spec = TrialSpec(
+        method=plan.method,
+        base=plan.base,
+        finish=plan.space.finish,
+        finish_prefix=plan.space.finish_prefix,
+        cpus_per_trial=plan.cpus_per_trial,
+    )
+    resources = {"cpu": plan.cpus_per_trial, "gpu": plan.gpus_per_trial}
     return tune.with_resources(tune.with_parameters(run_trial, spec=spec), resources)
 
 
@@ -377,33 +323,33 @@ def trial_dirname(trial: Any) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def _new_tuner(
-    plan: Mapping[str, Any], axes: Sequence[Axis], trainable: Any, storage: Path, verbose: int
-) -> Any:
+def _new_tuner(plan: SearchPlan, trainable: Any, storage: Location, quiet: bool) -> Any:
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    if plan["scheduler"] == "asha":
+    if plan.scheduler == "asha":
         scheduler: Any = ASHAScheduler(
             time_attr="step",
-            max_t=plan["max_t"],
-            grace_period=plan["grace_period"],
+            metric="val_acc",
+            mode="max",
+            max_t=plan.max_t,
+            grace_period=plan.grace_period,
             reduction_factor=ASHA_REDUCTION_FACTOR,
         )
     else:
         scheduler = FIFOScheduler()
     # Seeded, so the sampled configurations and per-trial seeds repeat across runs.
     search_alg = BasicVariantGenerator(
-        random_state=plan["search_seed"], max_concurrent=plan["max_concurrent"] or 0
+        random_state=plan.search_seed, max_concurrent=plan.max_concurrent or 0
     )
+    # No metric on the TuneConfig: the best trial is chosen by tuning.records (on the final
+    # val_acc), and a trial with a final stage reports val_acc only at its end.
     return tune.Tuner(
         trainable,
-        param_space=param_space(axes, plan["search"], plan["seeds"]),
+        param_space=param_space(plan.axes, plan.search, plan.seeds),
         tune_config=tune.TuneConfig(
-            metric="val_acc",
-            mode="max",
-            num_samples=plan["num_samples"],
+            num_samples=plan.num_samples,
             search_alg=search_alg,
             scheduler=scheduler,
             trial_dirname_creator=trial_dirname,
@@ -411,38 +357,41 @@ def _new_tuner(
             reuse_actors=True,
         ),
         run_config=tune.RunConfig(
-            name=plan["name"],
-            storage_path=str(storage),
+            name=plan.name,
+            storage_path=storage.uri,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-            verbose=verbose,
+            verbose=0 if quiet else 1,
         ),
     )
 
 
-def _check_resources(plan: Mapping[str, Any], connected: bool) -> None:
-    """Fail early when no node can ever host a trial (Tune would wait forever)."""
+def _check_resources(plan: SearchPlan, connected: bool, quiet: bool) -> dict[str, float]:
+    """Fail early when no node can ever host a trial (Tune would wait forever); returns the
+    cluster's size (recorded in the session entry of the spec)."""
     import ray
 
     resources = ray.cluster_resources()
     cpus, gpus = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
-    print(
-        f"tuning: Ray has {cpus:g} CPUs and {gpus:g} GPUs; each trial takes "
-        f"{plan['cpus_per_trial']:g} CPUs and {plan['gpus_per_trial']:g} GPUs",
-        file=sys.stderr,
-    )
+    nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+    if not quiet:
+        print(
+            f"tuning: Ray has {nodes} node(s), {cpus:g} CPUs and {gpus:g} GPUs; each trial takes "
+            f"{plan.cpus_per_trial:g} CPUs and {plan.gpus_per_trial:g} GPUs",
+            file=sys.stderr,
+        )
     short = [
         f"{need:g} {kind} per trial but the {where} has {have:g}"
         for kind, need, have in (
-            ("CPUs", plan["cpus_per_trial"], cpus),
-            ("GPUs", plan["gpus_per_trial"], gpus),
+            ("CPUs", plan.cpus_per_trial, cpus),
+            ("GPUs", plan.gpus_per_trial, gpus),
         )
         for where in ["cluster" if connected else "machine"]
         if need > have
     ]
-    if plan["gpus_per_trial"] > 0 and "device" not in get_target(plan["target"]).fields():
+    if plan.gpus_per_trial > 0 and not hasattr(plan.base, "device"):
         print(
-            f"tuning: warning: {plan['target']} has no device option in this checkout and trains "
-            "on the CPU; the GPUs reserved per trial stay idle",
+            f"tuning: warning: {plan.method.name} has no device option and trains on the CPU; "
+            "the GPUs reserved per trial stay idle",
             file=sys.stderr,
         )
     if short and not connected:
@@ -454,3 +403,4 @@ def _check_resources(plan: Mapping[str, Any], connected: bool) -> None:
             f"tuning: warning: {'; '.join(short)}; trials wait until the cluster grows",
             file=sys.stderr,
         )
+    return {"nodes": nodes, "cpus": cpus, "gpus": gpus}

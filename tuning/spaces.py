@@ -1,30 +1,38 @@
-"""Named search spaces: which config fields a search varies, over which values, for which method.
+"""Named search spaces: which config fields a search varies, over which values, for which methods.
 
-A space is built against the search's base config, because some ranges depend on it (δ is a
-multiple of the inner-loop length L; the scaling ablations are fractions of the training set
-and of the step budget). Every axis names a real config field, so the best trial's parameters
-drop straight into the trainer's config.
+A :class:`Space` declares the fields it varies (dotted for sectioned configs: BiSSL's
+``bilevel.lam``, ``finetune.lr``) and the registered methods (:mod:`bmssl.methods`) it applies
+to, or none, in which case it applies to every trainable method whose config has those fields and
+does not fix them. Its axes are built against the search's base config, because some ranges
+depend on it (δ is a multiple of the inner-loop length L; the scaling ablations are fractions of
+the training set and of the step budget). Every axis names a real config field, so the best
+trial's parameters drop straight into the method's config.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import dataclasses
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ray import tune
 
 from bmssl.errors import UserError, check_choice
+from bmssl.methods import Method, list_methods
 
 SEARCH_ALGORITHMS = ("random", "grid")
 SCHEDULERS = ("asha", "fifo")
+KINDS = ("search", "ablation")
 #: seeds drawn per trial come from this range (recorded in every trial's config)
 SEED_RANGE = (0, 2**31 - 1)
+#: seeds every arm of an ablation runs by default, so each arm has a mean and a spread
+ABLATION_SEEDS = (0, 1)
 
 
 @dataclass(frozen=True)
 class Axis:
-    """One searched config field.
+    """One searched config field (``name``, dotted inside a section: ``bilevel.lam``).
 
     ``grid`` is used by grid search; ``distribution`` (a ``ray.tune`` domain) by random search,
     falling back to a uniform choice over ``grid``. ``scale`` tells the plot how to lay out the
@@ -48,53 +56,102 @@ class Axis:
     def title(self) -> str:
         return self.label or self.name
 
+    def to_json(self) -> dict[str, Any]:
+        """What a stored plan keeps (the sampler is Tune's business once a search started)."""
+        return {"name": self.name, "grid": list(self.grid), "scale": self.scale, "label": self.label}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Axis:
+        return cls(data["name"], tuple(data["grid"]), None, data["scale"], data.get("label", ""))
+
 
 @dataclass(frozen=True)
 class Space:
-    """A named search: the methods it applies to and how to build its axes from a base config.
+    """A named search: the fields it varies, the methods it applies to, how to build its axes.
 
-    ``targets`` maps the command-line method (``bissl``, ``bmssl``, ``simclr``) to the trainer
-    target that runs it (see :mod:`tuning.methods`); the fine-tuning search, for instance,
-    runs the BiSSL fine-tune stage, not the bilevel trainer. ``kind`` is ``"search"`` (ASHA by
-    default: stop poor trials early) or ``"ablation"`` (FIFO by default: every arm runs to the
-    end so that the ablation curve compares equals).
+    ``kind`` is ``"search"`` (look for the best configuration: random search, one seed drawn per
+    trial) or ``"ablation"`` (compare arms: grid search, FIFO, every arm trained with each of
+    :data:`ABLATION_SEEDS`, so the report gives each arm's mean and spread across seeds).
+
+    ``finish`` (``"module:function"``, ``finish(trainer) -> metrics``) is a stage run after the
+    trainer whose ``val_acc`` is the trial's metric (BiSSL: fine-tune θ_P); the trainer's own
+    validations are then reported under ``finish_prefix + key``, and ASHA cannot be used since
+    no intermediate report carries the metric being optimised.
     """
 
     name: str
     description: str
-    targets: Mapping[str, str]
+    fields: tuple[str, ...]
     build: Callable[[Any], list[Axis]] = field(repr=False)
+    methods: tuple[str, ...] | None = None
+    #: other fields the axes are built from (read, not varied)
+    needs: tuple[str, ...] = ()
     kind: str = "search"
-    #: grid for spaces whose axes are a handful of discrete values, random otherwise
-    default_search: str = "random"
-
-    def target_for(self, method: str) -> str:
-        if method not in self.targets:
-            raise UserError(
-                f"space {self.name!r} does not apply to method {method!r}; it applies to: "
-                f"{', '.join(self.targets)}. List spaces with: python -m tuning spaces"
-            )
-        return self.targets[method]
-
-    def axes(self, base: Any) -> list[Axis]:
-        """The axes for ``base`` (the search's base config object); checks the fields exist."""
-        axes = self.build(base)
-        for axis in axes:
-            if not hasattr(base, axis.name):
-                raise UserError(
-                    f"space {self.name!r} searches {axis.name!r}, which "
-                    f"{type(base).__name__} does not have; this checkout's config and the "
-                    "space disagree"
-                )
-        return axes
+    finish: str | None = None
+    finish_prefix: str = ""
 
     @property
-    def default_scheduler(self) -> str:
-        return "asha" if self.kind == "search" else "fifo"
+    def default_search(self) -> str:
+        return "grid" if self.kind == "ablation" else "random"
+
+    @property
+    def default_seeds(self) -> tuple[int, ...] | None:
+        return ABLATION_SEEDS if self.kind == "ablation" else None
 
     def default_num_samples(self, search: str) -> int:
         # Grid search already enumerates every point; random search needs a sample budget.
         return 1 if search == "grid" else 8
+
+    def refusal(self, method: Method) -> str | None:
+        """Why this space cannot search ``method`` (None when it can)."""
+        if self.methods is not None and method.name not in self.methods:
+            return f"it applies to: {', '.join(self.methods)}"
+        if method.trainer is None and method.runner is None:
+            return f"method {method.name!r} is not trained"
+        known = set(config_fields(method.config_class()))
+        missing = [f for f in (*self.fields, *self.needs) if f not in known]
+        if missing:
+            return f"{method.config_class().__name__} has no {', '.join(missing)}"
+        fixed = [f for f in self.fields if f in method.fixed]
+        if fixed:
+            return f"method {method.name!r} fixes {', '.join(f'{f}={method.fixed[f]!r}' for f in fixed)}"
+        if self.finish is not None and method.runner is not None:
+            return f"method {method.name!r} is not one trainer run"
+        return None
+
+    def check_method(self, method: Method) -> None:
+        reason = self.refusal(method)
+        if reason is not None:
+            usable = ", ".join(m.name for m in self.applicable_methods()) or "none"
+            raise UserError(
+                f"space {self.name!r} does not apply to method {method.name!r}: {reason}; "
+                f"methods it applies to: {usable} (list spaces with: python -m tuning spaces)"
+            )
+
+    def applicable_methods(self) -> list[Method]:
+        return [m for m in list_methods() if self.refusal(m) is None]
+
+    def axes(self, base: Any) -> list[Axis]:
+        """The axes for ``base`` (the search's base config object)."""
+        axes = self.build(base)
+        names = {a.name for a in axes}
+        if names != set(self.fields):
+            raise AssertionError(f"space {self.name!r} builds {names}, declares {self.fields}")
+        return axes
+
+
+def config_fields(cls: type) -> list[str]:
+    """Every option of a config class, dotted inside sections (``bilevel.lam``)."""
+    from bmssl.config import iter_options
+
+    return [name for name, _, _ in iter_options(cls)]
+
+
+def field_value(config: Any, dotted: str) -> Any:
+    """``config.bilevel.lam`` for ``"bilevel.lam"``."""
+    for part in dotted.split("."):
+        config = getattr(config, part)
+    return config
 
 
 def param_space(
@@ -117,14 +174,14 @@ def param_space(
 def _bissl_lambda_gamma(base: Any) -> list[Axis]:
     return [
         Axis(
-            "lam",
+            "bilevel.lam",
             (1e-4, 1e-3, 1e-2, 1e-1),
             tune.loguniform(1e-4, 1e-1),
             "log",
             "λ (lower-level coupling)",
         ),
         Axis(
-            "gamma",
+            "bilevel.gamma",
             (0.01, 0.1, 1.0),
             tune.choice([0.01, 0.1, 1.0]),
             "log",
@@ -153,14 +210,14 @@ def _bmssl_delta(base: Any) -> list[Axis]:
 def _finetune_lr_wd(base: Any) -> list[Axis]:
     return [
         Axis(
-            "finetune_lr",
+            "finetune.lr",
             (1e-4, 1e-3, 1e-2, 1e-1, 1.0),
             tune.loguniform(1e-4, 1.0),
             "log",
             "fine-tuning lr",
         ),
         Axis(
-            "finetune_wd",
+            "finetune.wd",
             (1e-5, 1e-4, 1e-3, 1e-2),
             tune.loguniform(1e-5, 1e-2),
             "log",
@@ -173,13 +230,7 @@ def _augment_strength(base: Any) -> list[Axis]:
     from bmssl.data.views import STRENGTHS
 
     return [
-        Axis(
-            "augment",
-            tuple(STRENGTHS),
-            None,
-            "category",
-            "augmentation strength for task construction",
-        )
+        Axis("augment", tuple(STRENGTHS), None, "category", "augmentation strength for the views")
     ]
 
 
@@ -187,27 +238,21 @@ SCALING_FRACTIONS = (1 / 16, 1 / 8, 1 / 4, 1 / 2)
 
 
 def _scaling_images(base: Any) -> list[Axis]:
-    from bmssl.baselines import load_split
+    from bmssl.pretrain import load_split
 
     # The training split's size decides the arms; num_train_images=None means "all of it".
-    full = len(load_split(_with(base, num_train_images=None), "train"))
+    full = len(load_split(dataclasses.replace(base, num_train_images=None), "train"))
     counts = sorted({max(1, round(full * f)) for f in SCALING_FRACTIONS})
     grid: tuple[Any, ...] = (*counts, None)
     return [
-        Axis(
-            "num_train_images",
-            grid,
-            None,
-            "category",
-            f"meta-training images (None = all {full})",
-        )
+        Axis("num_train_images", grid, None, "category", f"training images (None = all {full})")
     ]
 
 
 def _scaling_tasks(base: Any) -> list[Axis]:
     total = int(base.steps)
     steps = tuple(sorted({max(1, round(total * f)) for f in (1 / 8, 1 / 4, 1 / 2, 1.0)}))
-    per_step = int(getattr(base, "meta_batch", 1))
+    per_step = int(base.meta_batch)
     return [
         Axis(
             "steps",
@@ -219,64 +264,61 @@ def _scaling_tasks(base: Any) -> list[Axis]:
     ]
 
 
-def _with(config: Any, **changes: Any) -> Any:
-    import dataclasses
-
-    return dataclasses.replace(config, **changes)
-
-
 SPACES: dict[str, Space] = {
     s.name: s
     for s in (
         Space(
             "bissl-lambda-gamma",
-            "BiSSL: λ log-uniform in [1e-4, 1e-1], γ in {0.01, 0.1, 1}",
-            {"bissl": "bissl"},
+            "BiSSL: λ log-uniform in [1e-4, 1e-1], γ in {0.01, 0.1, 1}; each trial ends with a "
+            "fine-tune of θ_P, whose val accuracy is the metric",
+            ("bilevel.lam", "bilevel.gamma"),
             _bissl_lambda_gamma,
+            methods=("bissl",),
+            finish="tuning.trainables:finetune_lower_backbone",
+            finish_prefix="bissl_",
         ),
         Space(
             "bmssl-delta",
             "BMSSL: bootstrap horizon δ in {0, 1, 2, 5, 10} × L (δ = 0 is meta-SSL without "
             "bootstrap)",
-            {"bmssl": "bmssl"},
+            ("bootstrap_steps",),
             _bmssl_delta,
-            default_search="grid",
+            needs=("inner_steps",),
+            kind="ablation",
         ),
         Space(
             "finetune-lr-wd",
             "BiSSL fine-tuning stage: lr log-uniform in [1e-4, 1], weight decay in [1e-5, 1e-2]",
-            {"bissl": "bissl-finetune"},
+            ("finetune.lr", "finetune.wd"),
             _finetune_lr_wd,
+            methods=("bissl-finetune",),
         ),
         Space(
             "augment-strength",
-            "ablation: augmentation strength used to construct the self-supervised tasks "
-            "(none/weak/default/strong)",
-            {"bmssl": "bmssl", "simclr": "simclr"},
+            "ablation: augmentation strength of the self-supervised views "
+            "(none/weak/default/strong/affine)",
+            ("augment",),
             _augment_strength,
             kind="ablation",
-            default_search="grid",
         ),
         Space(
             "scaling-images",
-            "ablation: number of meta-training images (1/16, 1/8, 1/4, 1/2, all of the split)",
-            {"bmssl": "bmssl", "simclr": "simclr"},
+            "ablation: number of training images (1/16, 1/8, 1/4, 1/2, all of the split)",
+            ("num_train_images",),
             _scaling_images,
+            needs=("dataset", "data_root", "image_size"),
             kind="ablation",
-            default_search="grid",
         ),
         Space(
             "scaling-tasks",
             "ablation: number of meta-training tasks (1/8, 1/4, 1/2, all of the step budget)",
-            {"bmssl": "bmssl"},
+            ("steps",),
             _scaling_tasks,
+            needs=("meta_batch",),
             kind="ablation",
-            default_search="grid",
         ),
     )
 }
-
-METHODS = tuple(sorted({m for s in SPACES.values() for m in s.targets}))
 
 
 def get_space(name: str) -> Space:

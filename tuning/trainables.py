@@ -1,38 +1,64 @@
-"""The Tune function trainable: one trial = one run of a real method trainer.
+"""The Tune function trainable: one trial = one run of a registered method.
 
-The trial's config holds only the searched values (and its ``seed``); the method and the
-search's base config arrive through ``tune.with_parameters``. The trainer's own
-``<out_dir>/checkpoints/last.pt`` is what travels through Tune checkpoints, so a trial that
-Tune restores (after an interrupted driver, a failed node or an ASHA pause) resumes exactly where
-the trainer's own resume would.
+The trial's config holds only the searched values (and its ``seed``); the method, the search's
+base config and the space's final stage arrive through ``tune.with_parameters`` as a
+:class:`TrialSpec`. A trial runs the method's trainer (:class:`bmssl.trainer.Trainer`) or, for a
+method whose trial is not one trainer run, its runner function.
+
+The trainer's own ``checkpoints/last.pt`` is what travels through Tune checkpoints, so a trial
+that Tune restores (after an interrupted driver, a failed node or an ASHA pause) resumes exactly
+where the trainer's own resume would.
+
+A space with a final stage (``Space.finish``; BiSSL's λ/γ search fine-tunes θ_P) runs it once the
+trainer has finished: the trainer's validations are reported under the space's prefix
+(``bissl_val_acc``, ...), and the final report carries the stage's metrics, its ``val_acc`` the
+trial's metric. The stage's metrics are stored in the last Tune checkpoint, so a restored trial
+never runs it twice.
 """
 
 from __future__ import annotations
 
+import importlib
+import json
 import math
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ray import tune
 
-from tuning.methods import get_target
+from bmssl.methods import Method
 
 #: metrics passed to Tune; anything non-numeric the trainer logs is dropped
 _REPORTED_KEYS_ALWAYS = ("val_acc", "step")
+#: the final stage's metrics, kept beside the trainer checkpoint in the trial's Tune checkpoint
+FINISH_FILE = "finish.json"
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """What every trial of a search shares (pickled once into Ray's object store)."""
+
+    method: Method
+    base: Any
+    finish: str | None = None
+    finish_prefix: str = ""
+    cpus_per_trial: float | None = None
+
+    def trial_config(self, params: Mapping[str, Any]) -> Any:
+        return self.method.load_config(None, params, base=self.base)
 
 
-def run_trial(config: dict[str, Any], spec: Mapping[str, Any]) -> None:
-    """Train one trial of ``spec["target"]`` with ``config`` on top of ``spec["base"]``.
+def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
+    """Train one trial with ``config`` (searched values and seed) on top of ``spec.base``.
 
-    Reports the trainer's metrics at every validation with the checkpoint directory; resumes
-    from ``tune.get_checkpoint()`` when Tune hands one over.
+    Reports the metrics at every validation with the checkpoint; resumes from
+    ``tune.get_checkpoint()`` when Tune hands one over.
     """
-    target = get_target(spec["target"])
-    trial_config = target.trial_config(spec["base"], _device_for_trial(config, target.fields()))
-    _limit_threads(spec.get("cpus_per_trial"))
+    trial_config = spec.trial_config(_device_for_trial(config, spec.base))
+    _limit_threads(spec.cpus_per_trial)
     # A private scratch dir: the Tune checkpoint, not anything left on this node, is the truth.
     out_dir = Path(tempfile.mkdtemp(prefix="tuning-trial-"))
     try:
@@ -40,31 +66,76 @@ def run_trial(config: dict[str, Any], spec: Mapping[str, Any]) -> None:
         if checkpoint is not None:
             with checkpoint.as_directory() as restored:
                 shutil.copytree(restored, out_dir / "checkpoints")
+        finished = out_dir / "checkpoints" / FINISH_FILE
         reported = False
 
         def on_eval(step: int, metrics: dict[str, float], path: Path | None) -> None:
             nonlocal reported
+            shown = metrics if spec.finish is None else _prefixed(metrics, spec.finish_prefix)
             # report() persists the checkpoint before it returns, so the trainer may overwrite
-            # last.pt at its next validation.
-            tune.report(tune_metrics(metrics, step), checkpoint=_checkpoint(path))
+            # its file at its next validation.
+            _report(tune_metrics(shown, step, need_val_acc=spec.finish is None), path)
             reported = True
 
-        final, step, path = target.runner()(trial_config, out_dir, on_eval)
-        if not reported and final:
+        trainer = None
+        runner = spec.method.runner_function()
+        if runner is not None:
+            final, step, path = runner(trial_config, out_dir, on_eval)
+        else:
+            trainer_class = spec.method.trainer_class()
+            assert trainer_class is not None  # spaces refuse methods that are not trained
+            trainer = trainer_class(trial_config, out_dir=out_dir, progress=False)
+            final = trainer.fit(on_eval=on_eval)
+            step, path = trainer.step, trainer.checkpoint_path
+        if spec.finish is not None:
+            if finished.is_file():
+                # restored after the final stage had run: its metrics are in the checkpoint
+                final = json.loads(finished.read_text())
+            else:
+                stage = _import_ref(spec.finish)
+                final = {**_prefixed(final, spec.finish_prefix), **stage(trainer)}
+                finished.write_text(json.dumps(final))
+            _report(tune_metrics(final, step), path, extra=finished)
+        elif not reported and final:
             # Restored from the final checkpoint (the driver died after the last validation but
             # before Tune recorded the trial as finished): report the final metrics again so
             # the trial ends with its result instead of with none.
-            tune.report(tune_metrics(final, step), checkpoint=_checkpoint(path))
+            _report(tune_metrics(final, step), path)
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)
 
 
-def _checkpoint(path: Path | None) -> Any:
-    """The directory holding the trainer's checkpoint file, as a Tune checkpoint."""
-    return tune.Checkpoint.from_directory(str(path.parent)) if path is not None else None
+def _import_ref(ref: str) -> Callable[..., Any]:
+    """The function a ``"module:function"`` reference names."""
+    module, _, name = ref.partition(":")
+    return getattr(importlib.import_module(module), name)  # type: ignore[no-any-return]
 
 
-def tune_metrics(metrics: Mapping[str, Any], step: int) -> dict[str, float | int]:
+def _report(metrics: dict[str, float | int], path: Path | None, extra: Path | None = None) -> None:
+    """``tune.report`` with a checkpoint of the file at ``path`` (and ``extra``), if any.
+
+    Only those files go into the Tune checkpoint (not, e.g., the trainer's ``best.pt``)."""
+    if path is None or not path.is_file():
+        tune.report(metrics)
+        return
+    staging = Path(tempfile.mkdtemp(prefix="tuning-ckpt-"))
+    try:
+        for file in (path, extra):
+            if file is not None and file.is_file():
+                shutil.copy2(file, staging / file.name)
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(staging)))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _prefixed(metrics: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    """Validation metrics renamed ``prefix + key`` (``val_acc`` -> ``bissl_val_acc``)."""
+    return {(prefix + k if k.startswith("val_") else k): v for k, v in metrics.items()}
+
+
+def tune_metrics(
+    metrics: Mapping[str, Any], step: int, need_val_acc: bool = True
+) -> dict[str, float | int]:
     """Finite scalar metrics for Tune, with an integer ``step`` (ASHA's time attribute)."""
     out: dict[str, float | int] = {}
     for key, value in metrics.items():
@@ -73,16 +144,26 @@ def tune_metrics(metrics: Mapping[str, Any], step: int) -> dict[str, float | int
         if math.isfinite(float(value)):
             out[key] = float(value)
     out["step"] = int(step)
-    missing = [k for k in _REPORTED_KEYS_ALWAYS if k not in out]
+    needed = _REPORTED_KEYS_ALWAYS if need_val_acc else ("step",)
+    missing = [k for k in needed if k not in out]
     if missing:
         raise KeyError(f"trainer metrics lack {missing}; the Trainer contract requires them")
     return out
 
 
-def _device_for_trial(config: Mapping[str, Any], fields: list[str]) -> dict[str, Any]:
+def finetune_lower_backbone(trainer: Any) -> dict[str, float]:
+    """BiSSL's final stage in a search: fine-tune θ_P (``trainer.backbone()``) on the downstream
+    train split with the config's fine-tuning budget (``bissl.pipeline.finetune``); metrics on
+    the downstream val split, ``val_acc`` the headline (top-1, or mAP for multi-label sets)."""
+    from bissl.pipeline import finetune
+
+    return finetune(trainer.backbone(), trainer.config, trainer.train_set, trainer.val_set)
+
+
+def _device_for_trial(config: Mapping[str, Any], base: Any) -> dict[str, Any]:
     """The trial's params, plus ``device`` = the GPU Ray assigned when the config has one."""
     params = dict(config)
-    if "device" in fields and "device" not in params:
+    if hasattr(base, "device") and "device" not in params:
         import ray
 
         # Ray sets CUDA_VISIBLE_DEVICES to the trial's GPUs, so "cuda" is the right one.

@@ -9,10 +9,20 @@ from bmssl.data.base import (
     load_images,
     preload_images,
 )
-from bmssl.data.registry import get_dataset, list_datasets, register_dataset, require_root
+from bmssl.data.images import CorruptImageError, convert_image
+from bmssl.data.registry import (
+    PROTOCOLS,
+    get_dataset,
+    how_to_get,
+    list_datasets,
+    register_dataset,
+    require_root,
+)
 from bmssl.data.views import STRENGTHS, SSLViews, ssl_transform
 
 __all__ = [
+    "PROTOCOLS",
+    "CorruptImageError",
     "FileImageDataset",
     "ImageDataset",
     "PILImageDataset",
@@ -20,7 +30,9 @@ __all__ = [
     "SSLViews",
     "SubsetByClass",
     "TensorImageDataset",
+    "convert_image",
     "get_dataset",
+    "how_to_get",
     "list_datasets",
     "load_images",
     "preload_images",

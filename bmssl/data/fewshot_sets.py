@@ -9,18 +9,17 @@ the path tried and how to get the data. Class splits:
 - ``miniimagenet``: the 64 / 16 / 20 classes of Ravi & Larochelle (2017), ``splits/miniimagenet_*.txt``.
 - ``cifarfs``: the 64 / 16 / 20 CIFAR-100 classes of Bertinetto et al. (2019), ``splits/cifarfs_*.txt``.
 
-The ``supervised`` protocol keeps every class and divides each class's images 70/10/20 (seeded).
+The ``supervised`` protocol keeps every class and divides each class's images 70/10/20 (seeded);
+``unlabeled`` pools every image of the root (classes outside the lists included).
 """
 
 from __future__ import annotations
 
-import pickle
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -29,20 +28,21 @@ from bmssl.data.base import (
     ImageDataset,
     SubsetByClass,
     TensorImageDataset,
+    preload_if,
     preload_images,
 )
+from bmssl.data.downstream.arrays import CIFAR100, CIFAR_READ_ERRORS, read_cifar
 from bmssl.data.folders import (
-    LabelledSource,
     find_split_folders,
-    finish,
-    is_saved_hf_dataset,
     list_images,
     read_image_tree,
-    read_saved_hf,
     scan_class_folders,
     visible_entries,
 )
-from bmssl.data.registry import SPLITS, register_dataset, require_root, split_dataset
+from bmssl.data.hf import is_saved_hf_dataset, read_saved_hf
+from bmssl.data.registry import register_dataset, require_root
+from bmssl.data.sources import LabelledSource
+from bmssl.data.splitting import SPLITS, split_dataset
 from bmssl.errors import DataNotFoundError, UserError
 
 OMNIGLOT_SPLIT_SIZES = (1100, 100, 423)
@@ -73,7 +73,10 @@ def select_classes(
 def _split_by_lists(
     full: ImageDataset, name: str, split: str, protocol: str, where: str
 ) -> ImageDataset:
-    """Few-shot: the split's listed classes; supervised: all listed classes, images divided."""
+    """Few-shot: the split's listed classes; supervised: all listed classes, images divided;
+    unlabeled: every image of the source, listed or not."""
+    if protocol == "unlabeled":
+        return split_dataset(full, split, protocol)
     if protocol == "fewshot":
         return select_classes(full, split_classes(name, split), name, where)
     every = [c for s in SPLITS for c in split_classes(name, s)]
@@ -140,7 +143,7 @@ def omniglot(
     """
     base = _omniglot_folder(require_root("omniglot", root))
     full = _omniglot_full(base.resolve(), image_size, invert)
-    if protocol == "supervised":
+    if protocol != "fewshot":
         return split_dataset(full, split, protocol)
     if sum(split_sizes) != full.num_classes:
         raise DataNotFoundError(
@@ -220,7 +223,7 @@ def miniimagenet(
     """
     root = require_root("miniimagenet", root)
     source = _miniimagenet_source(root, image_size)
-    return finish(
+    return preload_if(
         _split_by_lists(source.dataset, "miniimagenet", split, protocol, str(root)), preload
     )
 
@@ -233,26 +236,16 @@ CIFARFS_HELP = (
 )
 
 
-def _unpickle(path: Path) -> dict[str, Any]:
-    with open(path, "rb") as f:
-        return pickle.load(f, encoding="latin1")
-
-
 @lru_cache(maxsize=2)
 def _cifar100_full(base: Path, image_size: int) -> TensorImageDataset:
-    meta = _unpickle(base / "meta")
-    chunks, targets = [], []
-    for part in ("train", "test"):
-        entry = _unpickle(base / part)
-        chunks.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-        targets += list(entry["fine_labels"])
-    images = torch.from_numpy(np.concatenate(chunks))
+    """All 60,000 CIFAR-100 images, resized once to ``image_size`` and held as uint8."""
+    images, targets, classes, _ = read_cifar(base, CIFAR100)
     if image_size != 32:
         resized = F.interpolate(
             images.float(), size=(image_size, image_size), mode="bilinear", antialias=True
         )
         images = resized.round_().clamp_(0, 255).to(torch.uint8)
-    return TensorImageDataset(images, targets, meta["fine_label_names"])
+    return TensorImageDataset(images, targets, classes)
 
 
 @register_dataset("cifarfs", CIFARFS_HELP)
@@ -269,7 +262,7 @@ def cifarfs(
             )
     try:
         full = _cifar100_full(base.resolve(), image_size)
-    except (pickle.UnpicklingError, KeyError, EOFError, ValueError) as err:
+    except CIFAR_READ_ERRORS as err:
         raise UserError(
             f"dataset 'cifarfs': {str(base)!r} does not hold CIFAR-100's python files ({err!r})"
         ) from None

@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from bmssl.data.base import ImageDataset, SubsetByClass, TensorImageDataset
-from bmssl.data.registry import item_split_mask, register_dataset, split_dataset
+from bmssl.data.registry import register_dataset
+from bmssl.data.splitting import item_split_mask, split_dataset
 from bmssl.errors import UserError
 
 # Digits has 10 classes only: few-shot training on 0-4; 5-9 held out, their images halved
@@ -39,9 +40,12 @@ def _digits_full(image_size: int) -> TensorImageDataset:
 def digits(
     root: Path | None, split: str, protocol: str, image_size: int = 28, **_: Any
 ) -> ImageDataset:
-    """scikit-learn's 1,797 handwritten digits (8×8, upsampled to ``image_size``), 1 channel."""
+    """scikit-learn's 1,797 handwritten digits (8×8, upsampled to ``image_size``), 1 channel.
+
+    ``supervised`` divides each class's images 70/10/20; ``unlabeled`` pools all 1,797.
+    """
     full = _digits_full(image_size)
-    if protocol == "supervised":
+    if protocol != "fewshot":
         return split_dataset(full, split, protocol)
     if split == "train":
         return SubsetByClass(full, list(DIGITS_TRAIN_CLASSES))
@@ -140,7 +144,10 @@ def glyphs(
     seed: int = 0,
     **_: Any,
 ) -> ImageDataset:
-    """Procedural glyphs: 600 classes × 20 images by default; few-shot split 384/96/120 classes."""
+    """Procedural glyphs: 600 classes × 20 images by default; few-shot split 384/96/120 classes.
+
+    ``supervised`` divides each class's images with ``seed``; ``unlabeled`` pools every image.
+    """
     full = _glyphs_full(num_classes, per_class, image_size, seed)
     if protocol == "supervised":
         mask = item_split_mask(full.targets, split, seed=seed)

@@ -1,9 +1,11 @@
 """Dataset registry: ``get_dataset(name, root=None, split="train", protocol="fewshot")``.
 
-Two protocols:
+Three protocols (see :mod:`bmssl.data.splitting`):
 - ``fewshot``: class-disjoint ``train`` / ``val`` / ``test`` splits (meta-training on train
   classes, few-shot evaluation on held-out classes);
-- ``supervised``: every class in every split, images divided (downstream tasks, BiSSL).
+- ``supervised``: every class in every split, images divided (downstream tasks, BiSSL);
+- ``unlabeled``: every image of the source as one pool (self-supervised pretext data), asked for
+  as ``split="train"``.
 
 Names: the registered ones (``list_datasets()``), plus ``imagefolder:<path>`` and ``hf:<path>``
 for any ImageFolder tree or Hugging Face dataset saved to disk.
@@ -15,13 +17,29 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
-
-from bmssl.data.base import ImageDataset, SubsetByClass
+from bmssl.data.base import ImageDataset
+from bmssl.data.splitting import (  # re-exported: callers long imported them from here
+    PROTOCOLS,
+    SPLITS,
+    class_split,
+    item_split_mask,
+    split_dataset,
+)
 from bmssl.errors import DataNotFoundError, UserError, check_choice
 
-SPLITS = ("train", "val", "test")
-PROTOCOLS = ("fewshot", "supervised")
+__all__ = [
+    "PROTOCOLS",
+    "SPLITS",
+    "DatasetFactory",
+    "class_split",
+    "get_dataset",
+    "how_to_get",
+    "item_split_mask",
+    "list_datasets",
+    "register_dataset",
+    "require_root",
+    "split_dataset",
+]
 
 
 class DatasetFactory(Protocol):
@@ -38,7 +56,10 @@ _HELP: dict[str, str] = {}
 def register_dataset(
     name: str, how_to_get: str = "", prefix: bool = False
 ) -> Callable[[DatasetFactory], DatasetFactory]:
-    """Register a factory under ``name`` (or under ``name:<path>`` when ``prefix``)."""
+    """Register a factory under ``name`` (or under ``name:<path>`` when ``prefix``).
+
+    ``how_to_get`` says how to obtain the data; every missing-root error of the set ends with it.
+    """
 
     def decorate(factory: DatasetFactory) -> DatasetFactory:
         (_PREFIXES if prefix else _REGISTRY)[name] = factory
@@ -46,6 +67,12 @@ def register_dataset(
         return factory
 
     return decorate
+
+
+def how_to_get(name: str) -> str:
+    """The registered how-to-get text of ``name`` (``""`` when it has none)."""
+    _load_builtin()
+    return _HELP.get(name, "")
 
 
 def list_datasets() -> list[str]:
@@ -65,6 +92,11 @@ def get_dataset(
     _load_builtin()
     check_choice("split", split, SPLITS)
     check_choice("protocol", protocol, PROTOCOLS)
+    if protocol == "unlabeled" and split != "train":
+        raise UserError(
+            f"protocol 'unlabeled' gives one pool of every image, asked for as split='train'; "
+            f"got split={split!r}"
+        )
     root_path = Path(root).expanduser() if root is not None else None
     if ":" in name:
         prefix, path = name.split(":", 1)
@@ -94,68 +126,21 @@ def require_root(name: str, root: Path | None, must_contain: tuple[str, ...] = (
     return root
 
 
-def class_split(
-    num_classes: int, split: str, fractions: tuple[float, float, float] = (0.64, 0.16, 0.20)
-) -> list[int]:
-    """Contiguous class-disjoint split by fractions (train/val/test) over classes ``0..n-1``."""
-    n_train = int(round(fractions[0] * num_classes))
-    n_val = int(round(fractions[1] * num_classes))
-    bounds = {
-        "train": (0, n_train),
-        "val": (n_train, n_train + n_val),
-        "test": (n_train + n_val, num_classes),
-    }
-    lo, hi = bounds[split]
-    return list(range(lo, hi))
-
-
-def item_split_mask(
-    targets: list[int] | np.ndarray,
-    split: str,
-    fractions: tuple[float, float, float] = (0.7, 0.1, 0.2),
-    seed: int = 0,
-) -> np.ndarray:
-    """Boolean mask of the items in ``split``, stratified per class and seeded (supervised protocol)."""
-    targets = np.asarray(targets)
-    rng = np.random.default_rng(seed)
-    which = np.empty(len(targets), dtype=np.int64)
-    for c in np.unique(targets):
-        idx = np.nonzero(targets == c)[0]
-        idx = idx[rng.permutation(len(idx))]
-        n_train = int(round(fractions[0] * len(idx)))
-        n_val = int(round(fractions[1] * len(idx)))
-        which[idx[:n_train]] = 0
-        which[idx[n_train : n_train + n_val]] = 1
-        which[idx[n_train + n_val :]] = 2
-    return which == SPLITS.index(split)
-
-
-def split_dataset(
-    full: ImageDataset,
-    split: str,
-    protocol: str,
-    class_fractions: tuple[float, float, float] = (0.64, 0.16, 0.20),
-    item_fractions: tuple[float, float, float] = (0.7, 0.1, 0.2),
-) -> ImageDataset:
-    """Apply the protocol's split to a dataset holding every class and image."""
-    if protocol == "fewshot":
-        return SubsetByClass(full, class_split(full.num_classes, split, class_fractions))
-    mask = item_split_mask(full.targets, split, item_fractions)
-    return SubsetByClass(full, list(range(full.num_classes)), item_mask=mask)
-
-
 _LOADED = False
 
 
 def _load_builtin() -> None:
-    """Import the modules whose decorators fill the registry (once, lazily)."""
+    """Import the modules whose decorators fill the registry (once, lazily), and the plugins."""
     global _LOADED
+    from bmssl.plugins import load_plugins
+
+    load_plugins()
     if _LOADED:
         return
     _LOADED = True
     import importlib
 
-    for module in ("offline", "fewshot_sets", "folders", "downstream"):
+    for module in ("offline", "fewshot_sets", "folders", "hf", "downstream"):
         try:
             importlib.import_module(f"bmssl.data.{module}")
         except ModuleNotFoundError as err:

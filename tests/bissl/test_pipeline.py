@@ -1,4 +1,4 @@
-"""The BiSSL pipeline end to end on tiny offline data, fine-tuning, the CLI and the table driver."""
+"""The BiSSL pipeline end to end on tiny offline data, fine-tuning and the CLI."""
 
 from __future__ import annotations
 
@@ -10,32 +10,33 @@ import torch
 
 from bissl import pipeline
 from bissl.__main__ import main as bissl_main
-from bissl.downstream import finetune
-from bissl.trainer import BiSSLConfig
+from bissl.config import BiSSLConfig
+from bissl.finetune import finetune
+from bmssl.config import config_from_dict
 
 TINY = {
-    "image_size": 16,
-    "width": 4,
-    "proj_hidden": 16,
-    "proj_dim": 8,
-    "pretext_steps": 3,
-    "pretext_batch_size": 16,
-    "alternations": 2,
-    "lower_steps": 2,
-    "upper_steps": 1,
-    "batch_size": 16,
-    "lower_batch_size": 16,
-    "head_warmup_steps": 5,
-    "cg_iters": 2,
+    "pretext.image_size": 16,
+    "pretext.width": 4,
+    "pretext.proj_hidden": 16,
+    "pretext.proj_dim": 8,
+    "pretext.steps": 3,
+    "pretext.batch_size": 16,
+    "bilevel.alternations": 2,
+    "bilevel.lower_steps": 2,
+    "bilevel.upper_steps": 1,
+    "bilevel.batch_size": 16,
+    "bilevel.lower_batch_size": 16,
+    "warmup.steps": 5,
+    "cg.iters": 2,
     "eval_every": 2,
-    "finetune_steps": 5,
-    "finetune_batch_size": 16,
+    "finetune.steps": 5,
+    "finetune.batch_size": 16,
     "eval_batch_size": 256,
 }
 
 
-def tiny(**overrides) -> BiSSLConfig:
-    return BiSSLConfig(**{**TINY, **overrides})
+def tiny(overrides: dict | None = None) -> BiSSLConfig:
+    return config_from_dict(BiSSLConfig, {**TINY, **(overrides or {})})
 
 
 def test_bissl_and_baseline_paths_write_metrics_and_reuse_stages(tmp_path: Path) -> None:
@@ -49,7 +50,9 @@ def test_bissl_and_baseline_paths_write_metrics_and_reuse_stages(tmp_path: Path)
     b = pipeline.run_baseline(
         cfg, tmp_path / "base", progress=False, pretext_cache=tmp_path / "pre"
     )
-    assert b["pretext_steps"] == cfg.pretext_steps + cfg.alternations * cfg.lower_steps
+    assert (
+        b["pretext_steps"] == cfg.pretext.steps + cfg.bilevel.alternations * cfg.bilevel.lower_steps
+    )
     assert len(list((tmp_path / "pre").glob("pretext-*.pt"))) == 2  # BiSSL's and the baseline's
     # a rerun loads the cached encoders and the finished BiSSL checkpoint: same numbers
     again = pipeline.run_bissl(
@@ -59,7 +62,7 @@ def test_bissl_and_baseline_paths_write_metrics_and_reuse_stages(tmp_path: Path)
 
 
 def test_baseline_budget_can_be_unmatched() -> None:
-    assert pipeline.baseline_pretext_steps(tiny(baseline_matched_pretext=False)) == 3
+    assert pipeline.baseline_pretext_steps(tiny({"baseline_matched_pretext": False})) == 3
     assert pipeline.baseline_pretext_steps(tiny()) == 3 + 2 * 2
 
 
@@ -78,99 +81,20 @@ def test_finetune_is_seeded_takes_lr_wd_and_leaves_the_backbone(tmp_path: Path) 
 
 def test_cli_runs_baseline_and_rejects_bad_options(tmp_path: Path, capsys) -> None:
     overrides = [f"{k}={v}" for k, v in TINY.items()]
-    assert (
-        bissl_main(["baseline", *overrides, "--out", str(tmp_path / "cli"), "--no-progress"]) == 0
-    )
+    assert bissl_main(["baseline", *overrides, "--out", str(tmp_path / "cli"), "--quiet"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert "test_top1" in printed
-    assert bissl_main(["pretext", *overrides, "--out", str(tmp_path / "p"), "--no-progress"]) == 0
+    assert bissl_main(["pretext", *overrides, "--out", str(tmp_path / "p"), "--quiet"]) == 0
     init = json.loads(capsys.readouterr().out)["init_from"]
-    assert Path(init).is_file() and "encoder" in torch.load(init, weights_only=False)
+    assert Path(init).is_file() and "encoder" in torch.load(init, weights_only=True)
+    assert (tmp_path / "cli" / "finetuned.pt").is_file()  # the fine-tuned network is kept
+    weights = torch.load(tmp_path / "cli" / "finetuned.pt", weights_only=True)
+    assert any(k.startswith("1.") for k in weights)  # the head beside the backbone
     with pytest.raises(SystemExit) as exc:
-        bissl_main(["run", "cg_mode=nope", "--out", str(tmp_path / "bad")])
+        bissl_main(["run", "cg.mode=nope", "--out", str(tmp_path / "bad")])
     assert exc.value.code == 2
-    assert "cg_mode" in capsys.readouterr().err
+    assert "cg.mode" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
     with pytest.raises(SystemExit) as exc:
         bissl_main(["--help"])
     assert exc.value.code == 0
-
-
-# -- reproduce/bissl_table.py ----------------------------------------------------------------------
-
-
-def _profile(tmp_path: Path) -> Path:
-    path = tmp_path / "bissl_tiny.yaml"
-    config = {k: v for k, v in TINY.items()}
-    import yaml
-
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "profile": "tiny",
-                "seeds": [0, 1],
-                "threads": 1,
-                "config": config,
-                "datasets": {
-                    "digits": {},
-                    "glyphs": {"dataset_options": {"num_classes": 5, "per_class": 30, "seed": 1}},
-                },
-            }
-        )
-    )
-    return path
-
-
-def test_table_end_to_end_then_cached(tmp_path: Path, monkeypatch) -> None:
-    from reproduce import bissl_table
-
-    profile = _profile(tmp_path)
-    out = tmp_path / "out"
-    table = bissl_table.main(["--profile", str(profile), "--out", str(out), "--quiet"])
-    md = (out / "tiny" / "bissl_table.md").read_text()
-    assert "Baseline" in md and "BiSSL" in md and "Δ BiSSL − baseline" in md
-    assert "digits top-1" in table.columns and "glyphs top-5" in table.columns
-    data = json.loads((out / "tiny" / "bissl_table.json").read_text())
-    cell = data["rows"]["BiSSL"]["digits top-1"]
-    assert cell["n"] == 2 and len(cell["per_seed"]) == 2
-    assert (out / "tiny" / "bissl_table.csv").is_file()
-    assert len(list((out / "tiny" / "cells").glob("*.json"))) == 2 * 2 * 2
-
-    def boom(*args, **kwargs):
-        raise AssertionError("a cached cell was recomputed")
-
-    monkeypatch.setattr(pipeline, "run_method", boom)
-    again = bissl_table.main(["--profile", str(profile), "--out", str(out), "--quiet"])
-    assert again.rows == table.rows
-
-
-@pytest.mark.parametrize(
-    ("argv", "message"),
-    [
-        (["--profile", "nope"], "unknown profile"),
-        (["--datasets", "mnist"], "not in the cpu profile"),
-        (["--methods", "bissl,maml"], "unknown method"),
-        (["--seeds", "0,x"], "--seeds"),
-        (["--set", "lam=-1"], "lam"),
-        (["--set", "colour=red"], "unknown BiSSLConfig option"),
-        (["--datasets", "digits", "--data-root", "pretext"], "--data-root"),
-    ],
-)
-def test_table_bad_input_exits_2_without_files(tmp_path: Path, capsys, argv, message) -> None:
-    from reproduce import bissl_table
-
-    out = tmp_path / "out"
-    with pytest.raises(SystemExit) as exc:
-        bissl_table.main([*argv, "--out", str(out), "--quiet"])
-    assert exc.value.code == 2
-    assert message in capsys.readouterr().err
-    assert not out.exists()
-
-
-def test_table_help(capsys) -> None:
-    from reproduce import bissl_table
-
-    with pytest.raises(SystemExit) as exc:
-        bissl_table.main(["--help"])
-    assert exc.value.code == 0
-    assert "mean ± std" in capsys.readouterr().out

@@ -1,7 +1,4 @@
 import dataclasses
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -9,7 +6,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bmssl.__main__ import main as cli_main
 from bmssl.config import load_config
 from bmssl.errors import UserError
 from bmssl.inner import functional_twin, open_inner_loop
@@ -25,6 +21,7 @@ from bmssl.meta import (
     task_meta_loss,
     train_bmssl,
 )
+from bmssl.methods import get_method
 from bmssl.nets import Encoder, build_encoder
 from bmssl.tasks import TaskBatch
 
@@ -270,10 +267,16 @@ def test_config_yaml_plus_overrides(tmp_path):
         load_config(BMSSLConfig, path, ["delta=2"])
 
 
-@pytest.mark.parametrize("profile", ["cpu", "paper"])
-def test_shipped_configs_load(profile):
-    cfg = load_config(BMSSLConfig, ROOT / f"reproduce/configs/bmssl_{profile}.yaml")
-    assert cfg.bootstrap_steps > 0
+def test_every_shipped_preset_of_every_method_loads():
+    from bmssl.methods import list_methods
+
+    for method in list_methods():
+        for preset in method.presets:
+            cfg = method.load_config(preset)
+            for key, value in method.fixed.items():
+                assert getattr(cfg, key) == value
+    assert get_method("bmssl").load_config("cpu").bootstrap_steps > 0
+    assert get_method("meta-ssl").load_config("paper").bootstrap_steps == 0
 
 
 # -- trainer and CLI -------------------------------------------------------------------------------
@@ -357,25 +360,3 @@ def test_track_policy_trains_and_refreshes_running_stats():
 def test_train_bmssl_returns_the_encoder():
     encoder = train_bmssl(BMSSLConfig(steps=1, eval_every=1, **TINY), progress=False)
     assert isinstance(encoder, Encoder)
-
-
-def test_cli_train_then_eval(tmp_path, capsys):
-    out = tmp_path / "run"
-    overrides = [f"{k}={v}" for k, v in TINY.items()] + ["steps=2", "eval_every=1"]
-    cli_main(["train", "--out", str(out), "--no-progress", *overrides])
-    assert (out / "checkpoints" / "last.pt").is_file()
-    assert json.loads((out / "metrics.json").read_text())["step"] == 2
-    assert load_config(BMSSLConfig, out / "config.yaml").width == 4
-    cli_main(["eval", "--out", str(out), "--split", "val", "--episodes", "20", "--no-progress"])
-    report = json.loads((out / "eval" / "val_5way1shot_proto.json").read_text())
-    assert report["episodes"] == 20 and 0 <= report["mean"] <= 100
-    assert "5-way 1-shot" in capsys.readouterr().out
-
-
-def test_cli_user_errors_exit_2(tmp_path, capsys):
-    run = [sys.executable, "-m", "bmssl", "train", "--out", str(tmp_path), "inner_lr=-1"]
-    proc = subprocess.run(run, capture_output=True, text=True, cwd=ROOT)
-    assert proc.returncode == 2 and "inner_lr" in proc.stderr and "Traceback" not in proc.stderr
-    with pytest.raises(SystemExit) as exit_info:
-        cli_main(["eval", "--out", str(tmp_path / "missing")])
-    assert exit_info.value.code == 2 and "no checkpoint" in capsys.readouterr().err

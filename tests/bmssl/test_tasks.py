@@ -72,3 +72,46 @@ def test_sampler_rejects_impossible_tasks():
         TaskSampler(_dataset(40), 50, 2, 1, meta_batch=1)
     with pytest.raises(UserError, match="k_support"):
         TaskSampler(_dataset(40), 5, 0, 1, meta_batch=1)
+
+
+def test_sampler_makes_all_views_in_one_seeded_batched_call():
+    """sample(step) = one views.repeat over the B·N chosen images, K+Q views each, parameters
+    from a CPU generator seeded from (seed, step); layout class-major."""
+    data = _dataset()
+    sampler = TaskSampler(data, 4, 2, 3, meta_batch=2, augment="strong", seed=3)
+    batch = sampler.sample(9)
+    rng = np.random.default_rng([3, 9])
+    for _ in range(2):
+        rng.choice(len(data), size=4, replace=False)
+    generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
+    images = data.get_batch(batch.image_indices.reshape(-1).numpy())
+    views = sampler.views.repeat(images, 5, generator).view(2, 4, 5, 1, 16, 16)
+    torch.testing.assert_close(
+        batch.support, views[:, :, :2].reshape(2, 8, 1, 16, 16), rtol=0, atol=0
+    )
+    torch.testing.assert_close(
+        batch.query, views[:, :, 2:].reshape(2, 12, 1, 16, 16), rtol=0, atol=0
+    )
+
+
+def test_reconstruct_tasks_with_a_generator_is_repeatable():
+    images = torch.rand(2, 3, 1, 16, 16)
+    views = SSLViews("affine", 16, 1)
+    a = reconstruct_tasks(images, views, 2, 1, torch.Generator().manual_seed(0))
+    b = reconstruct_tasks(images, views, 2, 1, torch.Generator().manual_seed(0))
+    c = reconstruct_tasks(images, views, 2, 1, torch.Generator().manual_seed(1))
+    assert torch.equal(a.support, b.support) and torch.equal(a.query, b.query)
+    assert not torch.equal(a.support, c.support)
+
+
+def test_sampler_device_argument():
+    data = _dataset()
+    sampler = TaskSampler(data, 6, 2, 1, meta_batch=2, augment="default", seed=1)
+    here = sampler.sample(4)
+    cpu = sampler.sample(4, device="cpu")
+    assert torch.equal(here.support, cpu.support) and torch.equal(here.query, cpu.query)
+    if torch.cuda.is_available():
+        gpu = sampler.sample(4, device="cuda")
+        assert gpu.support.device.type == "cuda" and gpu.image_indices.device.type == "cpu"
+        diff = (gpu.support.cpu() - here.support).abs()
+        assert float((diff > 1e-4).float().mean()) <= 1e-4

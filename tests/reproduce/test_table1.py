@@ -16,7 +16,9 @@ profile: tiny
 episodes: 20
 n_query: 5
 classifier: proto
-seed: 0
+seeds: [0, 1]
+reference: simclr
+jobs: 1
 methods: [random, simclr]
 model: {backbone: conv4, width: 8, proj_hidden: 16, proj_dim: 8}
 datasets:
@@ -47,18 +49,26 @@ def test_table1_end_to_end_and_cached_rerun(tmp_path, profile):
     assert "digits 5w1s" in first.stdout
     data = json.loads((out / "tiny" / "table1.json").read_text())
     cell = data["rows"]["SimCLR"]["digits 5w5s"]
-    assert 0 <= cell["mean"] <= 100 and cell["episodes"] == 20
+    assert 0 <= cell["mean"] <= 100 and cell["episodes"] == [20, 20] and cell["seeds"] == 2
+    assert cell["half_width"] is not None and "episode_half_width" in cell
     assert (out / "tiny" / "table1.csv").read_text().startswith("method,digits 5w1s,digits 5w5s")
-    assert (out / "tiny" / "runs" / "simclr" / "digits" / "checkpoints" / "last.pt").is_file()
+    for name in ("table1.tex", "accuracy_vs_shots.png", "learning_curves.png"):
+        assert (out / "tiny" / name).is_file(), name
+    assert "budget" in first.stdout and "paired 95% hierarchical bootstrap" in first.stdout
+    assert (
+        out / "tiny" / "runs" / "simclr" / "digits" / "seed0" / "checkpoints" / "last.pt"
+    ).is_file()
     # a rerun reuses every finished cell: no training, identical table
     mtime = (
-        (out / "tiny" / "runs" / "simclr" / "digits" / "checkpoints" / "last.pt").stat().st_mtime
+        (out / "tiny" / "runs" / "simclr" / "digits" / "seed0" / "checkpoints" / "last.pt")
+        .stat()
+        .st_mtime
     )
     second = run(["--profile", str(profile), "--out", str(out), "--quiet"], tmp_path)
     assert second.returncode == 0, second.stderr
     assert second.stdout == first.stdout
     assert (
-        out / "tiny" / "runs" / "simclr" / "digits" / "checkpoints" / "last.pt"
+        out / "tiny" / "runs" / "simclr" / "digits" / "seed0" / "checkpoints" / "last.pt"
     ).stat().st_mtime == mtime
 
 
@@ -70,7 +80,9 @@ def test_parallel_jobs_give_the_same_table(tmp_path, profile):
         tmp_path,
     )
     assert serial.returncode == 0 and parallel.returncode == 0, serial.stderr + parallel.stderr
-    assert serial.stdout == parallel.stdout
+    a = json.loads((tmp_path / "a" / "tiny" / "table1.json").read_text())
+    b = json.loads((tmp_path / "b" / "tiny" / "table1.json").read_text())
+    assert a["rows"] == b["rows"]  # every seed mean and interval; only wall times may differ
 
 
 def _state(pid: str) -> str:
@@ -92,7 +104,7 @@ def test_ctrl_c_stops_the_workers_and_a_rerun_finishes(tmp_path, profile):
         [*cmd, "--jobs", "2"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True,
     )  # fmt: skip
-    history = out / "tiny" / "runs" / "simclr" / "digits" / "history.json"
+    history = out / "tiny" / "runs" / "simclr" / "digits" / "seed0" / "history.json"
     deadline = time.monotonic() + 120
     while not history.is_file() and time.monotonic() < deadline:  # SimCLR is training
         time.sleep(0.2)
@@ -113,15 +125,15 @@ def test_ctrl_c_stops_the_workers_and_a_rerun_finishes(tmp_path, profile):
 def test_edited_profile_reruns_only_what_changed(tmp_path, profile):
     out = tmp_path / "res"
     assert run(["--profile", str(profile), "--out", str(out), "--quiet"], tmp_path).returncode == 0
-    ckpt = out / "tiny" / "runs" / "simclr" / "digits" / "checkpoints" / "last.pt"
-    random_cell = next((out / "tiny" / "cells").glob("random__*5w1s.json"))
+    ckpt = out / "tiny" / "runs" / "simclr" / "digits" / "seed0" / "checkpoints" / "last.pt"
+    random_cell = next((out / "tiny" / "cells").glob("random__digits__seed0.json"))
     random_mtime, ckpt_mtime = random_cell.stat().st_mtime, ckpt.stat().st_mtime
     profile.write_text(TINY_PROFILE.replace("batch_size: 16", "batch_size: 8"))
     rerun = run(["--profile", str(profile), "--out", str(out), "--quiet"], tmp_path)
     assert rerun.returncode == 0, rerun.stderr
     assert random_cell.stat().st_mtime == random_mtime  # random init's settings did not change
     assert ckpt.stat().st_mtime != ckpt_mtime  # SimCLR was retrained, not resumed or reused
-    saved = torch.load(ckpt, map_location="cpu", weights_only=False)
+    saved = torch.load(ckpt, map_location="cpu", weights_only=True)
     assert saved["step"] == 3 and len(saved["history"]) == 1
 
 
@@ -130,7 +142,10 @@ def test_edited_profile_reruns_only_what_changed(tmp_path, profile):
     [
         (["--methods", "dino"], "unknown method 'dino'"),
         (["--datasets", "cifar"], "dataset 'cifar' is not in the tiny profile"),
-        (["--episodes", "0"], "--episodes must be at least 1"),
+        (["episodes=0"], "episodes must be positive"),
+        (["--seeds", "0"], "--seeds must be at least 1"),
+        (["--reference", "bmssl"], "reference='bmssl' is not one of the profile's methods"),
+        (["colour=red"], "unknown Table1Profile option"),
         (["--jobs", "0"], "--jobs must be at least 1"),
         (["--data-root", "nonsense"], "name=value"),
     ],
@@ -153,6 +168,13 @@ def test_bad_cells_and_profiles_exit_2(tmp_path):
     bad.write_text(TINY_PROFILE.replace("[5w1s, 5w5s]", "[5w200s]"))
     result = run(["--profile", str(bad), "--out", str(tmp_path / "o")], tmp_path)
     assert result.returncode == 2 and "k_shot=200" in result.stderr
+    bad.write_text(TINY_PROFILE.replace("episodes: 20", "episodes: abc"))
+    result = run(["--profile", str(bad), "--out", str(tmp_path / "o")], tmp_path)
+    assert result.returncode == 2 and "episodes='abc' is not an integer" in result.stderr
+    bad.write_text(TINY_PROFILE.replace("episodes: 20", "episodes: [20"))
+    result = run(["--profile", str(bad), "--out", str(tmp_path / "o")], tmp_path)
+    assert result.returncode == 2 and "not valid YAML" in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
     bad.write_text(TINY_PROFILE.replace("steps: 3,", "steps: 3, lr: -1,"))
     result = run(["--profile", str(bad), "--out", str(tmp_path / "o")], tmp_path)
     assert result.returncode == 2 and "lr must be positive" in result.stderr

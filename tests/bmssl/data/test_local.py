@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import numpy as np
@@ -13,130 +12,15 @@ from PIL import Image
 from bmssl.data import get_dataset, list_datasets
 from bmssl.data.fewshot_sets import split_classes
 from bmssl.errors import DataNotFoundError, UserError
-
-CIFAR100_FINE = [
-    "apple",
-    "aquarium_fish",
-    "baby",
-    "bear",
-    "beaver",
-    "bed",
-    "bee",
-    "beetle",
-    "bicycle",
-    "bottle",
-    "bowl",
-    "boy",
-    "bridge",
-    "bus",
-    "butterfly",
-    "camel",
-    "can",
-    "castle",
-    "caterpillar",
-    "cattle",
-    "chair",
-    "chimpanzee",
-    "clock",
-    "cloud",
-    "cockroach",
-    "couch",
-    "crab",
-    "crocodile",
-    "cup",
-    "dinosaur",
-    "dolphin",
-    "elephant",
-    "flatfish",
-    "forest",
-    "fox",
-    "girl",
-    "hamster",
-    "house",
-    "kangaroo",
-    "keyboard",
-    "lamp",
-    "lawn_mower",
-    "leopard",
-    "lion",
-    "lizard",
-    "lobster",
-    "man",
-    "maple_tree",
-    "motorcycle",
-    "mountain",
-    "mouse",
-    "mushroom",
-    "oak_tree",
-    "orange",
-    "orchid",
-    "otter",
-    "palm_tree",
-    "pear",
-    "pickup_truck",
-    "pine_tree",
-    "plain",
-    "plate",
-    "poppy",
-    "porcupine",
-    "possum",
-    "rabbit",
-    "raccoon",
-    "ray",
-    "road",
-    "rocket",
-    "rose",
-    "sea",
-    "seal",
-    "shark",
-    "shrew",
-    "skunk",
-    "skyscraper",
-    "snail",
-    "snake",
-    "spider",
-    "squirrel",
-    "streetcar",
-    "sunflower",
-    "sweet_pepper",
-    "table",
-    "tank",
-    "telephone",
-    "television",
-    "tiger",
-    "tractor",
-    "train",
-    "trout",
-    "tulip",
-    "turtle",
-    "wardrobe",
-    "whale",
-    "willow_tree",
-    "wolf",
-    "woman",
-    "worm",
-]
-
-
-def colour(c: int) -> tuple[int, int, int]:
-    """A distinct RGB colour per class, so a loaded image tells its class."""
-    return ((37 * c) % 256, (91 * c + 40) % 256, (53 * c + 80) % 256)
-
-
-def write_class_tree(
-    root: Path, classes: list[str], per_class: int, offset: int = 0, size: int = 10
-) -> None:
-    for c, name in enumerate(classes):
-        (root / name).mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            Image.new("RGB", (size, size), colour(c + offset)).save(
-                root / name / f"{name}_{i:03d}.png"
-            )
-
-
-def names(n: int) -> list[str]:
-    return [f"class{c:02d}" for c in range(n)]
-
+from tests.fakes import (
+    CIFAR100_FINE,
+    class_names,
+    hf_table,
+    tree_colour,
+    write_cifar100,
+    write_class_tree,
+    write_omniglot,
+)
 
 # ------------------------------------------------------------------------------------ imagefolder:
 
@@ -148,7 +32,7 @@ def test_registry_lists_local_sets() -> None:
 
 
 def test_imagefolder_flat_fewshot_splits_are_class_disjoint(tmp_path: Path) -> None:
-    write_class_tree(tmp_path, names(25), per_class=3)
+    write_class_tree(tmp_path, class_names(25), per_class=3)
     splits = {
         s: get_dataset(f"imagefolder:{tmp_path}", split=s, image_size=8)
         for s in ("train", "val", "test")
@@ -156,71 +40,81 @@ def test_imagefolder_flat_fewshot_splits_are_class_disjoint(tmp_path: Path) -> N
     assert [len(splits[s].classes) for s in ("train", "val", "test")] == [16, 4, 5]
     seen = [set(d.classes) for d in splits.values()]
     assert not (seen[0] & seen[1] or seen[0] & seen[2] or seen[1] & seen[2])
-    assert set().union(*seen) == set(names(25))
+    assert set().union(*seen) == set(class_names(25))
     test = splits["test"]
     assert len(test) == 15 and sorted(set(test.targets)) == list(range(5))
     image, label = test[0]
     assert image.shape == (3, 8, 8) and image.dtype == torch.float32
-    expected = torch.tensor(colour(int(test.classes[label][-2:])), dtype=torch.float32) / 255
+    expected = torch.tensor(tree_colour(int(test.classes[label][-2:])), dtype=torch.float32) / 255
     assert torch.allclose(image[:, 4, 4], expected, atol=1e-6)
     assert torch.equal(test.get_batch([0, 1]), torch.stack([test[0][0], test[1][0]]))
 
 
 def test_imagefolder_flat_supervised_divides_images(tmp_path: Path) -> None:
-    write_class_tree(tmp_path, names(4), per_class=10)
+    write_class_tree(tmp_path, class_names(4), per_class=10)
     splits = {
         s: get_dataset(f"imagefolder:{tmp_path}", split=s, protocol="supervised", image_size=8)
         for s in ("train", "val", "test")
     }
     assert [len(d) for d in splits.values()] == [28, 4, 8]
     for d in splits.values():
-        assert d.classes == names(4)
+        assert d.classes == class_names(4)
     paths = [set(map(str, np.asarray(d.base.paths)[d.indices])) for d in splits.values()]
     assert not (paths[0] & paths[1] or paths[0] & paths[2] or paths[1] & paths[2])
     assert len(set().union(*paths)) == 40
 
 
 def test_imagefolder_split_tree_disjoint_classes_used_as_given(tmp_path: Path) -> None:
-    write_class_tree(tmp_path / "train", names(6)[:3], per_class=2)
-    write_class_tree(tmp_path / "validation", names(6)[3:4], per_class=2)
-    write_class_tree(tmp_path / "test", names(6)[4:], per_class=2)
+    write_class_tree(tmp_path / "train", class_names(6)[:3], per_class=2)
+    write_class_tree(tmp_path / "validation", class_names(6)[3:4], per_class=2)
+    write_class_tree(tmp_path / "test", class_names(6)[4:], per_class=2)
     get = lambda s: get_dataset(f"imagefolder:{tmp_path}", split=s, image_size=8)  # noqa: E731
-    assert get("train").classes == names(6)[:3]
-    assert get("val").classes == names(6)[3:4]
-    assert get("test").classes == names(6)[4:]
+    assert get("train").classes == class_names(6)[:3]
+    assert get("val").classes == class_names(6)[3:4]
+    assert get("test").classes == class_names(6)[4:]
 
 
 def test_imagefolder_split_tree_shared_classes(tmp_path: Path) -> None:
-    """Supervised: folders as given, val carved from train; few-shot: pooled and split by class."""
-    write_class_tree(tmp_path / "train", names(10), per_class=10)
-    write_class_tree(tmp_path / "test", names(10), per_class=2)
+    """Supervised: folders as given, val carved from train; few-shot: refused, not re-split."""
+    write_class_tree(tmp_path / "train", class_names(10), per_class=10)
+    write_class_tree(tmp_path / "test", class_names(10), per_class=2)
     sup = {
         s: get_dataset(f"imagefolder:{tmp_path}", split=s, protocol="supervised", image_size=8)
         for s in ("train", "val", "test")
     }
     assert [len(d) for d in sup.values()] == [90, 10, 20]
-    assert all(d.classes == names(10) for d in sup.values())
+    assert all(d.classes == class_names(10) for d in sup.values())
     assert all(
         "/test/" not in str(d.base.paths[i]) for d in (sup["train"], sup["val"]) for i in d.indices
     )
-    few = {
-        s: get_dataset(f"imagefolder:{tmp_path}", split=s, image_size=8)
-        for s in ("train", "val", "test")
-    }
-    assert [d.classes for d in few.values()] == [names(10)[:6], names(10)[6:8], names(10)[8:]]
-    assert len(few["test"]) == 2 * 12
+
+
+def test_imagefolder_split_folders_sharing_classes_refuse_the_fewshot_protocol(
+    tmp_path: Path,
+) -> None:
+    """8 classes in train/ val/ test/ each were once pooled and re-split 5/1/2: now an error."""
+    for split, n in (("train", 3), ("val", 1), ("test", 1)):
+        write_class_tree(tmp_path / split, class_names(8), per_class=n, size=4)
+    for split in ("train", "val", "test"):
+        with pytest.raises(UserError) as err:
+            get_dataset(f"imagefolder:{tmp_path}", split=split, image_size=4)
+        message = str(err.value)
+        assert "share 8 classes" in message and "class-disjoint" in message
+        assert "protocol='supervised'" in message and "<class>/<image>" in message
+    sup = get_dataset(f"imagefolder:{tmp_path}", split="val", protocol="supervised", image_size=4)
+    assert len(sup) == 8 and sup.classes == class_names(8)
 
 
 def test_imagefolder_missing_val_folder_carves_classes(tmp_path: Path) -> None:
-    write_class_tree(tmp_path / "train", names(12)[:10], per_class=2)
-    write_class_tree(tmp_path / "test", names(12)[10:], per_class=2)
+    write_class_tree(tmp_path / "train", class_names(12)[:10], per_class=2)
+    write_class_tree(tmp_path / "test", class_names(12)[10:], per_class=2)
     train = get_dataset(f"imagefolder:{tmp_path}", split="train", image_size=8)
     val = get_dataset(f"imagefolder:{tmp_path}", split="val", image_size=8)
-    assert train.classes == names(12)[:8] and val.classes == names(12)[8:10]
+    assert train.classes == class_names(12)[:8] and val.classes == class_names(12)[8:10]
 
 
 def test_imagefolder_preload_matches_lazy(tmp_path: Path) -> None:
-    write_class_tree(tmp_path, names(5), per_class=4, size=13)
+    write_class_tree(tmp_path, class_names(5), per_class=4, size=13)
     lazy = get_dataset(f"imagefolder:{tmp_path}", split="test", image_size=9)
     held = get_dataset(f"imagefolder:{tmp_path}", split="test", image_size=9, preload=True)
     assert held.targets == lazy.targets and held.classes == lazy.classes
@@ -233,8 +127,8 @@ def test_imagefolder_errors(tmp_path: Path) -> None:
     (tmp_path / "empty" / "cls").mkdir(parents=True)
     with pytest.raises(DataNotFoundError, match="no images found"):
         get_dataset(f"imagefolder:{tmp_path / 'empty'}")
-    write_class_tree(tmp_path / "tv" / "train", names(2), per_class=4)
-    write_class_tree(tmp_path / "tv" / "val", names(2), per_class=1)
+    write_class_tree(tmp_path / "tv" / "train", class_names(2), per_class=4)
+    write_class_tree(tmp_path / "tv" / "val", class_names(2), per_class=1)
     with pytest.raises(UserError, match="no 'test' split"):
         get_dataset(f"imagefolder:{tmp_path / 'tv'}", split="test", protocol="supervised")
 
@@ -242,27 +136,13 @@ def test_imagefolder_errors(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------- hf:
 
 
-def hf_table(classes: list[str], per_class: int, offset: int = 0):
-    datasets = pytest.importorskip("datasets")
-    images = [
-        Image.new("RGB", (10, 10), colour(c + offset))
-        for c in range(len(classes))
-        for _ in range(per_class)
-    ]
-    labels = [c for c in range(len(classes)) for _ in range(per_class)]
-    features = datasets.Features(
-        {"img": datasets.Image(), "label": datasets.ClassLabel(names=classes)}
-    )
-    return datasets.Dataset.from_dict({"img": images, "label": labels}, features=features)
-
-
 def test_hf_dataset_saved_to_disk(tmp_path: Path) -> None:
-    hf_table(names(25), per_class=2).save_to_disk(str(tmp_path / "ds"))
+    hf_table(class_names(25), per_class=2).save_to_disk(str(tmp_path / "ds"))
     test = get_dataset(f"hf:{tmp_path / 'ds'}", split="test", image_size=8)
-    assert test.classes == names(25)[20:] and len(test) == 10
+    assert test.classes == class_names(25)[20:] and len(test) == 10
     image, label = test[3]
     assert image.shape == (3, 8, 8)
-    expected = torch.tensor(colour(20 + label), dtype=torch.float32) / 255
+    expected = torch.tensor(tree_colour(20 + label), dtype=torch.float32) / 255
     assert torch.allclose(image[:, 4, 4], expected, atol=1e-6)
     one = get_dataset(f"hf:{tmp_path / 'ds'}", split="test", image_size=8, channels=1, preload=True)
     assert one.image_shape == (1, 8, 8) and one.targets == test.targets
@@ -270,7 +150,7 @@ def test_hf_dataset_saved_to_disk(tmp_path: Path) -> None:
 
 def test_hf_dataset_dict_splits(tmp_path: Path) -> None:
     datasets = pytest.importorskip("datasets")
-    classes = names(4)
+    classes = class_names(4)
     dd = datasets.DatasetDict(
         {
             "train": hf_table(classes, 5),
@@ -296,27 +176,6 @@ def test_hf_errors(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------- omniglot
-
-
-def write_omniglot(root: Path, alphabets: dict[str, list[int]], per_char: int = 3) -> None:
-    """torchvision's layout; a character is a 1-bit image with a black box at a place of its own."""
-    k = 0
-    for part, counts in alphabets.items():
-        for a, n_chars in enumerate(counts):
-            for ch in range(n_chars):
-                folder = (
-                    root
-                    / "omniglot-py"
-                    / part
-                    / f"Alphabet{a}_{part[7:10]}"
-                    / f"character{ch + 1:02d}"
-                )
-                folder.mkdir(parents=True)
-                for i in range(per_char):
-                    img = Image.new("1", (21, 21), 1)
-                    img.paste(0, (k % 4 * 5, k // 4 % 4 * 5, k % 4 * 5 + 5, k // 4 % 4 * 5 + 5))
-                    img.save(folder / f"{k:04d}_{i + 1:02d}.png")
-                k += 1
 
 
 def test_omniglot_layout_order_and_split(tmp_path: Path) -> None:
@@ -383,7 +242,7 @@ def test_miniimagenet_layouts(tmp_path: Path, layout: str) -> None:
             for c in range(lo, hi):
                 for i in range(2):
                     name = f"{wnids[c]}{i:08d}.jpg"
-                    Image.new("RGB", (6, 6), colour(c)).save(
+                    Image.new("RGB", (6, 6), tree_colour(c)).save(
                         tmp_path / "images" / name, quality=100
                     )
                     rows.append(f"{name},{wnids[c]}")
@@ -394,7 +253,7 @@ def test_miniimagenet_layouts(tmp_path: Path, layout: str) -> None:
         assert len(ds) == 2 * len(ds.classes) and ds.image_shape == (3, 6, 6)
     test = get_dataset("miniimagenet", root=tmp_path, split="test", image_size=6)
     image, label = test[5]
-    expected = torch.tensor(colour(80 + label), dtype=torch.float32) / 255
+    expected = torch.tensor(tree_colour(80 + label), dtype=torch.float32) / 255
     assert torch.allclose(image[:, 3, 3], expected, atol=3 / 255)
     sup = get_dataset(
         "miniimagenet", root=tmp_path, split="train", protocol="supervised", image_size=6
@@ -411,7 +270,9 @@ def test_miniimagenet_from_saved_hf(tmp_path: Path) -> None:
     val = get_dataset("miniimagenet", root=tmp_path / "mini", split="val", image_size=6)
     assert val.classes == split_classes("miniimagenet", "val") and len(val) == 32
     image, label = val[0]
-    expected = torch.tensor(colour(shuffled.index(val.classes[label])), dtype=torch.float32) / 255
+    expected = (
+        torch.tensor(tree_colour(shuffled.index(val.classes[label])), dtype=torch.float32) / 255
+    )
     assert torch.allclose(image[:, 3, 3], expected, atol=1e-6)
 
 
@@ -426,19 +287,6 @@ def test_miniimagenet_missing(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------- cifarfs
-
-
-def write_cifar100(root: Path, per_class: dict[str, int]) -> None:
-    base = root / "cifar-100-python"
-    base.mkdir(parents=True)
-    with open(base / "meta", "wb") as f:
-        pickle.dump({"fine_label_names": CIFAR100_FINE, "coarse_label_names": []}, f)
-    for part, n in per_class.items():
-        labels = [c for c in range(100) for _ in range(n)]
-        data = np.empty((len(labels), 3, 32, 32), dtype=np.uint8)
-        data[:] = np.asarray([colour(c) for c in labels], dtype=np.uint8)[:, :, None, None]
-        with open(base / part, "wb") as f:
-            pickle.dump({"data": data.reshape(len(labels), -1), "fine_labels": labels}, f)
 
 
 def test_cifarfs_split_lists_cover_cifar100() -> None:
@@ -456,7 +304,7 @@ def test_cifarfs_pools_train_and_test(tmp_path: Path) -> None:
     for i in (0, 7, 59):
         c = CIFAR100_FINE.index(test.classes[test.targets[i]])
         assert torch.allclose(
-            images[i, :, 5, 5], torch.tensor(colour(c), dtype=torch.float32) / 255
+            images[i, :, 5, 5], torch.tensor(tree_colour(c), dtype=torch.float32) / 255
         )
     small = get_dataset("cifarfs", root=tmp_path / "cifar-100-python", split="val", image_size=16)
     assert small.image_shape == (3, 16, 16) and len(small) == 16 * 3
@@ -466,3 +314,64 @@ def test_cifarfs_missing(tmp_path: Path) -> None:
     with pytest.raises(DataNotFoundError, match=r"cifar-100-python/meta") as err:
         get_dataset("cifarfs", root=tmp_path)
     assert "CIFAR100(ROOT, download=True)" in str(err.value)
+
+
+# ---------------------------------------------------------------------------- unlabeled protocol
+
+
+def test_imagefolder_unlabeled_pools_every_class_and_split_folder(tmp_path: Path) -> None:
+    write_class_tree(tmp_path / "train", class_names(6)[:3], per_class=2, size=4)
+    write_class_tree(tmp_path / "val", class_names(6)[3:4], per_class=2, offset=3, size=4)
+    write_class_tree(tmp_path / "test", class_names(6)[4:], per_class=2, offset=4, size=4)
+    pool = get_dataset(f"imagefolder:{tmp_path}", split="train", protocol="unlabeled", image_size=4)
+    assert len(pool) == 12 and pool.classes == class_names(6)
+    assert len(get_dataset(f"imagefolder:{tmp_path}", split="train", image_size=4)) == 6
+    with pytest.raises(UserError, match="split='train'"):
+        get_dataset(f"imagefolder:{tmp_path}", split="val", protocol="unlabeled")
+
+
+def test_imagefolder_unlabeled_uses_every_class_folder(class_tree: Path) -> None:
+    pool = get_dataset(f"imagefolder:{class_tree}", protocol="unlabeled", image_size=4)
+    assert len(pool) == 12 and pool.classes == class_names(4)
+    assert len(get_dataset(f"imagefolder:{class_tree}", protocol="fewshot", image_size=4)) < 12
+
+
+def test_imagefolder_unlabeled_accepts_a_flat_folder_of_images(tmp_path: Path) -> None:
+    for k in range(5):
+        Image.new("RGB", (6, 6), tree_colour(k)).save(tmp_path / f"img{k}.png")
+    pool = get_dataset(f"imagefolder:{tmp_path}", protocol="unlabeled", image_size=6)
+    assert len(pool) == 5 and pool.classes == ["unlabeled"] and pool.targets == [0] * 5
+    expected = torch.tensor(tree_colour(3), dtype=torch.float32) / 255
+    assert torch.allclose(pool[3][0][:, 2, 2], expected, atol=1e-6)
+    with pytest.raises(UserError, match="holds 5 images but no <class>/ folders.*'unlabeled'"):
+        get_dataset(f"imagefolder:{tmp_path}", protocol="supervised")
+
+
+def test_hf_unlabeled_pools_every_member_labels_optional(tmp_path: Path) -> None:
+    datasets = pytest.importorskip("datasets")
+    images = [Image.new("RGB", (6, 6), tree_colour(k)) for k in range(3)]
+    bare = datasets.Dataset.from_dict(
+        {"image": images}, datasets.Features({"image": datasets.Image()})
+    )
+    datasets.DatasetDict(
+        {
+            "train": hf_table(class_names(2), 2),
+            "test": hf_table(class_names(2), 1),
+            "unlabeled": bare,
+        }
+    ).save_to_disk(str(tmp_path / "dd"))
+    pool = get_dataset(f"hf:{tmp_path / 'dd'}", protocol="unlabeled", image_size=6)
+    assert len(pool) == 4 + 2 + 3 and pool.classes == class_names(2) + ["unlabeled"]
+    assert pool.targets[-3:] == [2, 2, 2]
+    bare.save_to_disk(str(tmp_path / "bare"))
+    assert len(get_dataset(f"hf:{tmp_path / 'bare'}", protocol="unlabeled", image_size=6)) == 3
+    with pytest.raises(UserError, match="no label column"):
+        get_dataset(f"hf:{tmp_path / 'bare'}", protocol="supervised")
+
+
+def test_fewshot_benchmarks_unlabeled_pool_every_image(tmp_path: Path) -> None:
+    write_omniglot(tmp_path / "o", {"images_background": [2], "images_evaluation": [1]}, per_char=2)
+    pool = get_dataset("omniglot", root=tmp_path / "o", protocol="unlabeled", image_size=7)
+    assert len(pool) == 6 and pool.num_classes == 3
+    write_cifar100(tmp_path / "c", {"train": 1, "test": 1})
+    assert len(get_dataset("cifarfs", root=tmp_path / "c", protocol="unlabeled")) == 200

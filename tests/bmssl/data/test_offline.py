@@ -108,3 +108,12 @@ def test_rgb_views_and_identity():
     torch.testing.assert_close(SSLViews("none", 32, 3)(batch), batch)
     with pytest.raises(UserError, match="augmentation strength"):
         SSLViews("extreme")
+
+
+def test_unlabeled_protocol_pools_every_image():
+    digits = get_dataset("digits", protocol="unlabeled")
+    assert len(digits) == 1797 and digits.num_classes == 10
+    glyphs = get_dataset("glyphs", protocol="unlabeled", num_classes=10, per_class=3)
+    assert len(glyphs) == 30 and glyphs.num_classes == 10
+    with pytest.raises(UserError, match="split='train'"):
+        get_dataset("digits", split="test", protocol="unlabeled")

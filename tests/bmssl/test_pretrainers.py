@@ -7,14 +7,11 @@ import textwrap
 
 import torch
 
-from bmssl.baselines import (
-    ProtoNetConfig,
-    ProtoNetTrainer,
-    SimCLRConfig,
-    SimCLRTrainer,
-    random_init_encoder,
-)
-from bmssl.io import atomic_write, latest_checkpoint
+from bmssl.checkpoints import latest_checkpoint
+from bmssl.io import atomic_write
+from bmssl.pretrain import random_init_encoder
+from bmssl.protonet import ProtoNetConfig, ProtoNetTrainer
+from bmssl.simclr import SimCLRConfig, SimCLRTrainer
 
 TINY = dict(width=8, proj_hidden=16, proj_dim=8, batch_size=16, eval_episodes=10, dataset="digits")
 
@@ -47,7 +44,7 @@ def test_killed_process_resumes_to_the_same_weights(tmp_path):
             import sys, time, torch
             sys.path.insert(0, {os.getcwd()!r})
             torch.set_num_threads(1)
-            from bmssl.baselines import SimCLRConfig, SimCLRTrainer
+            from bmssl.simclr import SimCLRConfig, SimCLRTrainer
             cfg = SimCLRConfig(steps=8, eval_every=1, **{TINY!r})
             trainer = SimCLRTrainer(cfg, out_dir=sys.argv[1], progress=False)
             slow = len(sys.argv) > 2

@@ -12,42 +12,49 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from bissl.bilevel import BiSSLTrainer
+from bissl.config import BiSSLConfig
 from bissl.hypergrad import CGSettings, flatten, unflatten, upper_gradients
 from bissl.objectives import pretext_loss_of_backbone
-from bissl.trainer import PRESETS, BiSSLConfig, BiSSLTrainer
-from bmssl.config import load_config
+from bmssl.config import config_from_dict, load_config
 from bmssl.errors import UserError
+from bmssl.methods import get_method
 
 TINY = {
-    "image_size": 16,
-    "width": 4,
-    "proj_hidden": 16,
-    "proj_dim": 8,
-    "alternations": 3,
-    "lower_steps": 2,
-    "upper_steps": 2,
-    "batch_size": 16,
-    "lower_batch_size": 16,
-    "head_warmup_steps": 5,
-    "cg_iters": 3,
+    "pretext.image_size": 16,
+    "pretext.width": 4,
+    "pretext.proj_hidden": 16,
+    "pretext.proj_dim": 8,
+    "bilevel.alternations": 3,
+    "bilevel.lower_steps": 2,
+    "bilevel.upper_steps": 2,
+    "bilevel.batch_size": 16,
+    "bilevel.lower_batch_size": 16,
+    "warmup.steps": 5,
+    "cg.iters": 3,
     "eval_every": 2,
     "eval_batch_size": 256,
 }
 
 
-def tiny(**overrides) -> BiSSLConfig:
-    return BiSSLConfig(**{**TINY, **overrides})
+def tiny(overrides: dict | None = None) -> BiSSLConfig:
+    return config_from_dict(BiSSLConfig, {**TINY, **(overrides or {})})
 
 
 def test_presets_resolve_and_explicit_values_win() -> None:
+    bissl = get_method("bissl")
     v1 = BiSSLConfig()
-    assert (v1.gamma, v1.adapt_every, v1.adapt_alpha) == (0.01, 100, 0.1)
-    v2 = BiSSLConfig.from_preset("paper-v2")
-    assert (v2.gamma, v2.adapt_every) == (1.0, 0)
-    loaded = load_config(BiSSLConfig, None, ["preset=paper-v2", "gamma=0.5"])
-    assert loaded.gamma == 0.5 and loaded.adapt_every == 0
-    assert set(PRESETS) == {"paper-v1", "paper-v2"}
-    assert (v1.lam, v1.lam_damp, v1.cg_iters, v1.temperature, v1.clip) == (
+    assert (v1.bilevel.gamma, v1.bilevel.adapt_every, v1.bilevel.adapt_alpha) == (0.01, 100, 0.1)
+    assert bissl.load_config("paper-v1") == v1
+    v2 = bissl.load_config("paper-v2")
+    assert (v2.bilevel.gamma, v2.bilevel.adapt_every) == (1.0, 0)
+    loaded = bissl.load_config("paper-v2", ["bilevel.gamma=0.5"])
+    assert loaded.bilevel.gamma == 0.5 and loaded.bilevel.adapt_every == 0
+    assert {"paper-v1", "paper-v2", "cpu", "tiny", "paper"} <= set(bissl.presets)
+    for preset in bissl.presets:
+        bissl.load_config(preset)  # every preset loads and validates
+    b = v1.bilevel
+    assert (b.lam, b.lam_damp, v1.cg.iters, v1.pretext.temperature, b.clip) == (
         0.001,
         10.0,
         5,
@@ -61,12 +68,15 @@ def test_presets_resolve_and_explicit_values_win() -> None:
 @pytest.mark.parametrize(
     ("override", "match"),
     [
-        ("cg_mode=diagonal", "cg_mode"),
-        ("lam=-1", "lam"),
+        ("cg.mode=diagonal", "cg.mode"),
+        ("bilevel.lam=-1", "lam"),
+        ("bilevel.lam=nan", "lam"),
+        ("bilevel.gamma=nan", "gamma"),
+        ("bilevel.gamma=inf", "gamma"),
         ("preset=paper-v3", "preset"),
-        ("adapt_alpha=2", "adapt_alpha"),
-        ("cg_iters=0", "cg_iters"),
-        ("hvp_backend=jax", "hvp_backend"),
+        ("bilevel.adapt_alpha=2", "adapt_alpha"),
+        ("cg.iters=0", "cg.iters"),
+        ("cg.hvp_backend=jax", "hvp_backend"),
         ("init_from=/nonexistent/pretext.pt", "init_from"),
     ],
 )
@@ -98,7 +108,7 @@ def test_fit_reports_val_acc_and_moves_both_levels() -> None:
 
 
 def test_upper_step_applies_the_implicit_gradient_with_sgd() -> None:
-    cfg = tiny(upper_lr=0.05, clip=1e6, gamma=0.3, cg_iters=4)
+    cfg = tiny({"bilevel.upper_lr": 0.05, "bilevel.clip": 1e6, "bilevel.gamma": 0.3, "cg.iters": 4})
     trainer = BiSSLTrainer(cfg, progress=False)
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(8, 1, 16, 16, generator=gen)
@@ -106,8 +116,8 @@ def test_upper_step_applies_the_implicit_gradient_with_sgd() -> None:
     x1, x2 = torch.rand(8, 1, 16, 16, generator=gen), torch.rand(8, 1, 16, 16, generator=gen)
     enc, model_d = copy.deepcopy(trainer.encoder_p), copy.deepcopy(trainer.model_d)
     expected = upper_gradients(
-        enc, model_d, x, y, x1, x2, lam=cfg.lam, lam_damp=cfg.lam_damp, gamma=0.3,
-        settings=CGSettings(maxiter=4, rtol=cfg.cg_rtol),
+        enc, model_d, x, y, x1, x2, lam=cfg.bilevel.lam, lam_damp=cfg.bilevel.lam_damp, gamma=0.3,
+        settings=CGSettings(maxiter=4, rtol=cfg.cg.rtol),
     )  # fmt: skip
     before = [p.detach().clone() for p in trainer.model_d.parameters()]
     theta_p = [p.detach().clone() for p in trainer.encoder_p.parameters()]
@@ -120,7 +130,7 @@ def test_upper_step_applies_the_implicit_gradient_with_sgd() -> None:
 
 
 def test_backbone_adaptation_rule() -> None:
-    trainer = BiSSLTrainer(tiny(adapt_alpha=0.25), progress=False)
+    trainer = BiSSLTrainer(tiny({"bilevel.adapt_alpha": 0.25}), progress=False)
     with torch.no_grad():
         for p in trainer.encoder_p.backbone.parameters():
             p.add_(1.0)
@@ -132,7 +142,10 @@ def test_backbone_adaptation_rule() -> None:
 
 
 def test_adaptation_happens_every_n_a_alternations(monkeypatch) -> None:
-    trainer = BiSSLTrainer(tiny(adapt_every=2, lower_steps=0, upper_steps=1), progress=False)
+    trainer = BiSSLTrainer(
+        tiny({"bilevel.adapt_every": 2, "bilevel.lower_steps": 0, "bilevel.upper_steps": 1}),
+        progress=False,
+    )
     calls = []
     monkeypatch.setattr(trainer, "adapt", lambda: calls.append(trainer.step))
     for step in range(5):
@@ -142,7 +155,7 @@ def test_adaptation_happens_every_n_a_alternations(monkeypatch) -> None:
 
 
 def test_resume_reproduces_an_uninterrupted_run(tmp_path: Path) -> None:
-    cfg = tiny(alternations=4, eval_every=2, cg_warm_start=True)
+    cfg = tiny({"bilevel.alternations": 4, "eval_every": 2, "cg.warm_start": True})
     straight = BiSSLTrainer(cfg, tmp_path / "a", progress=False)
     straight.fit()
     first = BiSSLTrainer(cfg, tmp_path / "b", progress=False)
@@ -162,20 +175,22 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path: Path) -> None:
 
 def test_multilabel_downstream_set_uses_bce_and_map(monkeypatch) -> None:
     """A multi-label view of digits (label and label+1 mod 10 both positive)."""
-    import bissl.trainer as trainer_mod
-    from bissl.data import load_downstream
+    import bissl.bilevel as trainer_mod
+    from bissl.batches import load_downstream
+    from bmssl.data.base import ImageDataset
 
-    class MultiLabel(torch.utils.data.Dataset):
+    class MultiLabel(ImageDataset):
         multilabel = True
 
         def __init__(self, base):
             self.base, self.classes, self.image_shape = base, base.classes, base.image_shape
+            self.targets = base.targets
             self.label_matrix = torch.zeros(len(base), 10)
             for i, t in enumerate(base.targets):
                 self.label_matrix[i, [t, (t + 1) % 10]] = 1
 
-        def __len__(self):
-            return len(self.base)
+        def labels(self):
+            return self.label_matrix
 
         def __getitem__(self, i):
             return self.base[i][0], self.label_matrix[i]
@@ -186,7 +201,7 @@ def test_multilabel_downstream_set_uses_bce_and_map(monkeypatch) -> None:
     monkeypatch.setattr(
         trainer_mod, "load_downstream", lambda *a, **k: MultiLabel(load_downstream(*a, **k))
     )
-    trainer = BiSSLTrainer(tiny(alternations=1, eval_every=1), progress=False)
+    trainer = BiSSLTrainer(tiny({"bilevel.alternations": 1, "eval_every": 1}), progress=False)
     assert trainer.multilabel and trainer.train_labels.dtype == torch.float32
     metrics = trainer.fit()
     assert metrics["val_acc"] == metrics["val_map11"] and "val_map" in metrics
@@ -202,13 +217,15 @@ def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         cfg = tiny(
-            cg_iters=300,
-            cg_rtol=1e-11,
-            clip=1e6,
-            upper_lr=0.1,
-            momentum=0.0,
-            gamma=0.5,
-            lam_damp=2000.0,
+            {
+                "cg.iters": 300,
+                "cg.rtol": 1e-11,
+                "bilevel.clip": 1e6,
+                "bilevel.upper_lr": 0.1,
+                "bilevel.momentum": 0.0,
+                "bilevel.gamma": 0.5,
+                "bilevel.lam_damp": 2000.0,
+            }
         )
         trainer = BiSSLTrainer(cfg, progress=False)
         trainer.train_step(
@@ -260,8 +277,8 @@ def test_ddp_two_processes_apply_the_all_reduced_hypergradient(tmp_path: Path) -
         assert torch.equal(a, b)
 
     # independent single-process answer: dense Hessian of the process-averaged pretext loss
-    cfg = BiSSLConfig(**{k: v for k, v in r0["config"].items()})
-    ref = BiSSLTrainer(dataclasses.replace(cfg, head_warmup_steps=0), progress=False)
+    cfg = config_from_dict(BiSSLConfig, r0["config"])
+    ref = BiSSLTrainer(config_from_dict(BiSSLConfig, {"warmup.steps": 0}, base=cfg), progress=False)
     ref.encoder_p.double().load_state_dict(r0["initial"]["encoder_p"])
     ref.model_d.double().load_state_dict(r0["initial"]["model_d"])
     enc, model_d = ref.encoder_p.train(), ref.model_d.train()
@@ -270,7 +287,7 @@ def test_ddp_two_processes_apply_the_all_reduced_hypergradient(tmp_path: Path) -
     theta_d = tuple(model_d.backbone.parameters())
     head = tuple(model_d.head.parameters())
     chunks = [(slice(0, 6), slice(0, 8)), (slice(6, 12), slice(8, 16))]
-    fs = [pretext_loss_of_backbone(enc, p1[b], p2[b], cfg.temperature) for _, b in chunks]
+    fs = [pretext_loss_of_backbone(enc, p1[b], p2[b], cfg.pretext.temperature) for _, b in chunks]
     flat = flatten([p.detach() for p in theta_p])
     hess = torch.autograd.functional.hessian(
         lambda v: sum(f(unflatten(v, theta_p)) for f in fs) / 2, flat
@@ -280,15 +297,15 @@ def test_ddp_two_processes_apply_the_all_reduced_hypergradient(tmp_path: Path) -
     g = torch.autograd.grad(loss_a, head + theta_p)
     v = flatten(g[len(head) :])
     solved = torch.linalg.solve(
-        torch.eye(len(v), dtype=torch.float64) + hess / (cfg.lam + cfg.lam_damp), v
+        torch.eye(len(v), dtype=torch.float64) + hess / (cfg.bilevel.lam + cfg.bilevel.lam_damp), v
     )
     assert float((solved - v).norm() / v.norm()) > 1e-3  # the Hessian term matters
     loss_b = sum(ce(model_d(x[a]), y[a]) for a, _ in chunks) / 2
     gb = torch.autograd.grad(loss_b, theta_d + head)
-    g_theta_d = solved + cfg.gamma * flatten(gb[: len(theta_d)])
-    g_head = flatten(g[: len(head)]) + cfg.gamma * flatten(gb[len(theta_d) :])
+    g_theta_d = solved + cfg.bilevel.gamma * flatten(gb[: len(theta_d)])
+    g_head = flatten(g[: len(head)]) + cfg.bilevel.gamma * flatten(gb[len(theta_d) :])
     start = flatten([p.detach() for p in list(theta_d) + list(head)])
-    assert 0 < r0["lr"] < cfg.upper_lr
+    assert 0 < r0["lr"] < cfg.bilevel.upper_lr
     expected = start - r0["lr"] * torch.cat([g_theta_d, g_head])
     got = flatten(r0["after_upper"])
     assert r0["logs"]["cg_rel_residual"] < 1e-9, r0["logs"]

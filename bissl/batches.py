@@ -1,7 +1,8 @@
-"""Downstream data for BiSSL: labelled splits from the registry, label tensors, seeded batches.
+"""Downstream data for BiSSL: labelled splits from the registry and seeded, resumable batches.
 
-Downstream sets come from ``bmssl.data.get_dataset(name, root, split, protocol="supervised")``.
-A multi-label set (``dataset.multilabel = True``) yields float multi-hot ``[C]`` targets.
+Downstream sets come from ``bmssl.data.get_dataset(name, root, split, protocol="supervised")``;
+their labels are ``dataset.labels()`` (``long [N]``, or float multi-hot ``[N, C]`` for a
+multi-label set such as VOC 2007, ``dataset.multilabel``).
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 
 from bmssl.data import get_dataset
 from bmssl.data.base import ImageDataset
@@ -28,44 +28,6 @@ def load_downstream(
     return get_dataset(
         name, root, split=split, protocol="supervised", image_size=image_size, **(options or {})
     )
-
-
-def is_multilabel(dataset: Any) -> bool:
-    """True for multi-label sets (multi-hot targets), e.g. VOC 2007."""
-    return bool(getattr(dataset, "multilabel", False))
-
-
-def num_outputs(dataset: Any) -> int:
-    """Width of the classifier head: the number of classes."""
-    classes = getattr(dataset, "classes", None)
-    if classes is None:
-        raise UserError(f"dataset {type(dataset).__name__} has no 'classes'; cannot size the head")
-    return len(classes)
-
-
-def label_tensor(dataset: Any) -> torch.Tensor:
-    """All targets: ``long [N]`` (single-label) or ``float [N, C]`` multi-hot (multi-label).
-
-    Multi-label sets may expose their multi-hot matrix as ``label_matrix`` / ``multi_hot``;
-    otherwise the items are read once.
-    """
-    if is_multilabel(dataset):
-        for attr in ("label_matrix", "multi_hot", "targets_multi_hot"):
-            matrix = getattr(dataset, attr, None)
-            if matrix is not None:
-                return torch.as_tensor(np.asarray(matrix), dtype=torch.float32)
-        return torch.stack([torch.as_tensor(dataset[i][1]).float() for i in range(len(dataset))])
-    targets = getattr(dataset, "targets", None)
-    if targets is None:
-        targets = [int(dataset[i][1]) for i in range(len(dataset))]
-    return torch.as_tensor(np.asarray(targets), dtype=torch.long)
-
-
-def get_images(dataset: Any, indices: np.ndarray) -> torch.Tensor:
-    """Images ``[len(indices), C, H, W]`` (fast path for tensor-backed sets)."""
-    if isinstance(dataset, ImageDataset):
-        return dataset.get_batch(indices)
-    return torch.stack([dataset[int(i)][0] for i in indices])
 
 
 @dataclass

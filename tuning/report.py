@@ -1,58 +1,25 @@
-"""Search results as files: a Markdown and CSV summary, accuracy plots and the best config.
+"""A search's results as files: a Markdown and CSV summary, an accuracy plot and the best config.
 
-Everything here works on :class:`TrialRecord` lists, so it does not need Ray; :func:`load_records`
-reads them from an experiment directory (finished or not). Files are written atomically
-(``bmssl.io``): a report that a killed driver leaves behind is the previous one, never half of one.
+Ray-free: everything works on :class:`tuning.records.TrialRecord` lists and the stored plan (the
+JSON of :class:`tuning.plan.SearchPlan`). Files are written atomically (``bmssl.io``): a report
+that a killed driver leaves behind is the previous one, never half of one.
 
-Which trial is "best": the highest final ``val_acc`` among the trials that trained for the
-largest step count any trial reached. ASHA stops trials at lower rungs because they were worse
-there, so an early, noisy accuracy of a stopped trial must not beat a fully trained one.
+When arms have several seeds (ablations run seeds 0 and 1 by default), the summary gives each
+arm's mean, standard deviation and 95% t-interval across seeds, and the plot shows every seed
+as a dot with the arm's mean ± standard deviation beside it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
-import json
-import logging
-import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bmssl.io import atomic_write, write_text
-
-#: Tune's trial statuses that mean the trial will not run again
-FINAL_STATUSES = ("TERMINATED", "ERROR")
-
-
-@dataclass
-class TrialRecord:
-    """One trial: searched params, seed, status, last metrics and every reported validation."""
-
-    trial_id: str
-    status: str
-    params: dict[str, Any]
-    seed: int | None
-    last: dict[str, float] = field(default_factory=dict)
-    history: list[dict[str, float]] = field(default_factory=list)
-    error: str | None = None
-
-    @property
-    def val_acc(self) -> float | None:
-        value = self.last.get("val_acc")
-        return None if value is None or not math.isfinite(value) else float(value)
-
-    @property
-    def step(self) -> int:
-        return int(self.last.get("step", 0) or 0)
-
-    @property
-    def peak_val_acc(self) -> float | None:
-        accs = [h["val_acc"] for h in self.history if _finite(h.get("val_acc"))]
-        return max(accs) if accs else self.val_acc
+from tuning.records import Arm, TrialRecord, best_arm, best_record, full_budget, group_arms
 
 
 @dataclass(frozen=True)
@@ -65,99 +32,6 @@ class ReportPaths:
     history_csv: Path
     plot_png: Path
     best_yaml: Path | None
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def load_records(experiment_dir: str | Path, axis_names: Sequence[str]) -> list[TrialRecord]:
-    """Every trial of the Tune experiment at ``experiment_dir``, including never-started ones."""
-    from ray.tune import ExperimentAnalysis
-
-    experiment_dir = Path(experiment_dir).expanduser().resolve()
-    with quiet_missing_results():
-        analysis = ExperimentAnalysis(str(experiment_dir))
-    records = []
-    for trial in analysis.trials:
-        config = dict(trial.config or {})
-        last = {
-            k: float(v)
-            for k, v in (trial.last_result or {}).items()
-            if _finite(v) and (k in _METRIC_KEYS or k.startswith("val_"))
-        }
-        records.append(
-            TrialRecord(
-                trial_id=str(trial.trial_id),
-                status=str(trial.status),
-                params={name: config.get(name) for name in axis_names},
-                seed=config.get("seed"),
-                last=last,
-                history=_history(Path(experiment_dir) / Path(str(trial.path)).name / "result.json"),
-                error=_error_text(trial),
-            )
-        )
-    return sorted(records, key=lambda r: r.trial_id)
-
-
-@contextlib.contextmanager
-def quiet_missing_results() -> Iterator[None]:
-    """Silence Tune's warning about trials without result files: trials that never started
-    (pending when a search was interrupted) have none, and that is expected."""
-    logger = logging.getLogger("ray.tune.analysis.experiment_analysis")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
-#: metrics copied out of Tune's results (Tune adds bookkeeping keys we leave out)
-_METRIC_KEYS = ("val_acc", "val_ci95", "step", "loss", "time_s", "training_iteration")
-
-
-def _history(result_json: Path) -> list[dict[str, float]]:
-    """Every result a trial reported, one per step (a never-started trial has none)."""
-    if not result_json.is_file():
-        return []
-    by_step: dict[int, dict[str, float]] = {}
-    for line in result_json.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # the line a killed writer left half-written
-        if not isinstance(row, dict) or not _finite(row.get("step")):
-            continue
-        # A trial resumed from an older checkpoint reports some steps twice; keep the latest.
-        by_step[int(row["step"])] = {
-            k: float(v)
-            for k, v in row.items()
-            if _finite(v) and (k in _METRIC_KEYS or k.startswith("val_"))
-        }
-    return [by_step[s] for s in sorted(by_step)]
-
-
-def _error_text(trial: Any) -> str | None:
-    if str(trial.status) != "ERROR":
-        return None
-    path = getattr(trial, "error_file", None)
-    try:
-        text = Path(path).read_text() if path else ""
-    except OSError:
-        text = ""
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1] if lines else "trial failed (no error file)"
-
-
-def best_record(records: Sequence[TrialRecord]) -> TrialRecord | None:
-    """The best trial (see the module docstring), or None when no trial reported."""
-    scored = [r for r in records if r.val_acc is not None]
-    if not scored:
-        return None
-    budget = max(r.step for r in scored)
-    full = [r for r in scored if r.step == budget]
-    return max(full, key=lambda r: r.val_acc or -math.inf)
 
 
 def format_value(value: Any) -> str:
@@ -178,8 +52,8 @@ def write_report(
 ) -> ReportPaths:
     """Write summary.md, trials.csv, history.csv, accuracy_vs_params.png, best_config.yaml.
 
-    ``plan`` is the search's stored spec (method, space, scheduler, ...); ``axes`` its
-    :class:`tuning.spaces.Axis` list; ``best_config_yaml`` the trainer config of the best trial
+    ``plan`` is the search's stored spec (``SearchPlan.to_json()``); ``axes`` its
+    :class:`tuning.spaces.Axis` list; ``best_config_yaml`` the method config of the best trial
     as YAML (None when no trial reported yet).
     """
     directory = Path(directory)
@@ -275,6 +149,15 @@ def _csv_value(value: Any) -> Any:
     return value
 
 
+def _seeded(arms: Sequence[Arm]) -> bool:
+    """Whether some arm ran with several seeds (one configuration, several trials)."""
+    return any(len({r.seed for r in a.trials}) > 1 for a in arms)
+
+
+def _stat(value: float | None, fmt: str = ".2f") -> str:
+    return "" if value is None else format(value, fmt)
+
+
 def summary_markdown(
     records: Sequence[TrialRecord],
     plan: Mapping[str, Any],
@@ -282,19 +165,27 @@ def summary_markdown(
     best: TrialRecord | None,
     paths: ReportPaths,
 ) -> str:
-    """The Markdown summary: the search, the best config, then a table of every trial."""
+    """The Markdown summary: the search, the best configuration, the arms, every trial."""
     names = [a.name for a in axes]
     counts: dict[str, int] = {}
     for r in records:
         counts[r.status] = counts.get(r.status, 0) + 1
     status_text = ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items())) or "none"
+    seeds = plan.get("seeds")
+    seed_text = (
+        ", ".join(map(str, seeds))
+        if seeds
+        else f"one drawn per trial (search seed {plan.get('search_seed')})"
+    )
+    arms = group_arms(records)
+    top = best_arm(records, arms)
     lines = [
         f"# Search `{plan.get('name')}`: {plan.get('method')} / {plan.get('space')}",
         "",
         f"- space: {plan.get('space_description', '')}",
+        f"- metric: `val_acc`, {plan.get('metric_description', 'validation accuracy (%)')}",
         f"- search: {plan.get('search')}, scheduler: {plan.get('scheduler')}, "
-        f"samples: {plan.get('num_samples')}, seeds: "
-        f"{plan.get('seeds') or 'one drawn per trial (search seed ' + str(plan.get('search_seed')) + ')'}",
+        f"samples: {plan.get('num_samples')}, seeds: {seed_text}",
         f"- trials: {len(records)} ({status_text})",
         f"- wall time: {_wall_text(plan)}",
         "",
@@ -307,6 +198,11 @@ def summary_markdown(
         ci = best.last.get("val_ci95")
         acc = f"{best.val_acc:.2f}" + (f" ± {ci:.2f}" if ci is not None else "")
         lines.append(f"Trial `{best.trial_id}`: val_acc **{acc}** at step {best.step}.")
+        if top is not None and top.n >= 2:
+            lines.append(
+                f"Its arm (the best mean across seeds): {top.mean:.2f} ± {top.sd:.2f} (s.d., "
+                f"{top.n} seeds)."
+            )
         lines.append("")
         lines += ["| parameter | value |", "|---|---|"]
         lines += [
@@ -314,10 +210,16 @@ def summary_markdown(
         ]
         lines.append(f"| seed | {best.seed} |")
         if paths.best_yaml is not None:
-            lines += ["", f"Full trainer config: `{paths.best_yaml.name}`."]
+            lines += ["", f"Full method config: `{paths.best_yaml.name}`."]
     lines += ["", f"![accuracy against each searched parameter]({paths.plot_png.name})", ""]
+    if _seeded(arms):
+        lines += _arm_table(arms, axes, top, full_budget(records))
     lines += ["## Trials", ""]
-    metric_cols = [m for m in ("val_acc", "val_ci95", "loss") if any(m in r.last for r in records)]
+    metric_cols = [
+        m
+        for m in ("val_acc", "val_ci95", "bissl_val_acc", "loss")
+        if any(m in r.last for r in records)
+    ]
     header = ["trial", "status", *names, "seed", "step", *metric_cols, "peak val_acc"]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "---|" * len(header))
@@ -343,6 +245,37 @@ def summary_markdown(
     return "\n".join(lines)
 
 
+def _arm_table(arms: Sequence[Arm], axes: Sequence[Any], top: Arm | None, budget: int) -> list[str]:
+    """Each arm's mean, s.d., 95% t-interval, min and max of val_acc across its seeds."""
+    header = [*[a.title for a in axes], "seeds", "mean val_acc", "s.d.", "95% CI (t)", "min", "max"]
+    lines = [
+        "## Arms",
+        "",
+        f"Statistics across the seeds of each arm that trained the full budget ({budget} steps); "
+        "the interval is the 95% t-interval of the mean (wide with few seeds).",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    ranked = sorted(arms, key=lambda a: (a.mean is None, -(a.mean or 0.0)))
+    for arm in ranked:
+        accs = arm.accs
+        stopped = len(arm.trials) - arm.n
+        seeds = f"{arm.n}" + (f" (+{stopped} not full)" if stopped else "")
+        mark = " ★" if top is not None and arm is top else ""
+        cells = [
+            *[format_value(arm.params.get(a.name)) for a in axes],
+            seeds,
+            _stat(arm.mean) + mark,
+            _stat(arm.sd),
+            "" if arm.ci95 is None else f"± {arm.ci95:.2f}",
+            _stat(min(accs) if accs else None),
+            _stat(max(accs) if accs else None),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
 def _wall_text(plan: Mapping[str, Any]) -> str:
     sessions = plan.get("sessions") or []
     if not sessions:
@@ -362,8 +295,10 @@ def write_plot(
 ) -> Path:
     """Final val_acc against each searched parameter (one panel per axis), as a PNG.
 
-    Filled markers: trials that trained for the full budget; hollow: stopped early (ASHA) or
-    unfinished. Error bars are the 95% half-widths the trainer reports; the star is the best.
+    Every trial is a dot: filled when it trained the full budget, hollow when it was stopped
+    early (ASHA) or is unfinished. Arms with several seeds get their mean ± standard deviation
+    across seeds beside the dots; single trials keep the 95% episode interval the trainer
+    reports as an error bar. The star is the best trial.
     """
     import matplotlib
 
@@ -371,36 +306,51 @@ def write_plot(
     import matplotlib.pyplot as plt
 
     scored = [r for r in records if r.val_acc is not None]
-    budget = max((r.step for r in scored), default=0)
+    budget = full_budget(records)
+    arms = group_arms(records)
+    seeded = _seeded(arms)
     fig, panels = plt.subplots(
-        1, max(1, len(axes)), figsize=(4.2 * max(1, len(axes)), 3.4), squeeze=False
+        1, max(1, len(axes)), figsize=(4.6 * max(1, len(axes)), 3.6), squeeze=False
     )
     for panel, axis in zip(panels[0], axes):
         positions, ticks = _positions(axis, scored)
+        offset = _jitter(axis, arms) if seeded else (lambda r: 0.0)
         for r in scored:
-            x = positions(r.params.get(axis.name))
             full = r.step == budget
             panel.errorbar(
-                x,
+                _shift(axis, positions(r.params.get(axis.name)), offset(r)),
                 r.val_acc,
-                yerr=r.last.get("val_ci95"),
+                yerr=None if seeded else r.last.get("val_ci95"),
                 fmt="o",
                 color="C0",
                 markerfacecolor="C0" if full else "white",
-                alpha=0.85,
+                alpha=0.8,
+                markersize=5,
                 capsize=2,
+                label="each seed" if seeded else "each trial",
             )
+        if seeded:
+            for arm in arms:
+                if arm.mean is None:
+                    continue
+                x = _shift(axis, positions(arm.params.get(axis.name)), 0.14)
+                panel.errorbar(
+                    x, arm.mean, yerr=arm.sd or 0.0, fmt="D", color="black", markersize=5,
+                    capsize=4, elinewidth=1.5, label="mean ± s.d. across seeds",
+                )  # fmt: skip
         if best is not None:
             panel.plot(
-                positions(best.params.get(axis.name)),
+                _shift(axis, positions(best.params.get(axis.name)), offset(best)),
                 best.val_acc,
                 marker="*",
-                markersize=16,
+                markersize=15,
                 color="C3",
                 linestyle="none",
                 label="best",
             )
-            panel.legend(loc="best", fontsize=8)
+        handles, labels = panel.get_legend_handles_labels()
+        unique = dict(zip(labels, handles))
+        panel.legend(unique.values(), unique.keys(), loc="best", fontsize=7)
         if axis.scale == "log":
             panel.set_xscale("log")
         if ticks is not None:
@@ -417,6 +367,21 @@ def write_plot(
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
     return atomic_write(path, lambda f: f.write(buf.getvalue()), mode="wb")
+
+
+def _shift(axis: Any, x: float, offset: float) -> float:
+    """``x`` moved by ``offset`` category widths (categories only: numeric axes keep x)."""
+    return x + offset if axis.scale == "category" else x
+
+
+def _jitter(axis: Any, arms: Sequence[Arm]) -> Callable[[TrialRecord], float]:
+    """Spread the seeds of an arm side by side (left of its mean marker)."""
+    where: dict[str, float] = {}
+    for arm in arms:
+        n = len(arm.trials)
+        for i, r in enumerate(sorted(arm.trials, key=lambda t: (t.seed is None, t.seed or 0))):
+            where[r.trial_id] = -0.24 + (0.22 * i / (n - 1) if n > 1 else 0.11)
+    return lambda r: where.get(r.trial_id, 0.0)
 
 
 def _positions(

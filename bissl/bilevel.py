@@ -1,0 +1,328 @@
+"""BiSSL trainer: T alternations of N_L lower (pretext, LARS) and N_U upper (downstream, SGD) steps.
+
+One ``train_step`` of :class:`bmssl.trainer.Trainer` is one alternation:
+
+1. N_L lower steps on θ_P, φ_P: NT-Xent + λ/2 ||θ_P − θ_D||², LARS, grad-norm clip, cosine lr;
+2. N_U upper steps on θ_D, φ_D with the implicit gradient of :func:`bissl.hypergrad.upper_gradients`
+   (CG on (I + H/(λ+λ_damp)) x = v over a fresh pretext batch), grad-norm clip, SGD, cosine lr;
+3. every N_a alternations (N_a > 0): θ_D <- (1 − α) θ_D + α θ_P (backbone parameters).
+
+Under ``torch.distributed`` (one process per device) the lower model is wrapped in
+DistributedDataParallel, the upper gradients (v, every Hessian-vector product, the classic and head
+gradients) are all-reduced, so every process applies the same update; only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from bissl.batches import BatchStream, load_downstream
+from bissl.config import BiSSLConfig
+from bissl.finetune import evaluate, headline, warmup_head
+from bissl.hypergrad import CGResult, all_reduce_mean, upper_gradients
+from bissl.lars import LARS
+from bissl.objectives import DownstreamModel, lower_objective
+from bissl.schedule import cosine_lambda
+from bmssl.data import SSLViews
+from bmssl.errors import UserError
+from bmssl.checkpoints import load_checkpoint, seed_everything
+from bmssl.nets import Encoder
+from bmssl.pretrain import check_same_settings, encoder_for, load_split
+from bmssl.trainer import Trainer
+
+#: options a BiSSL run may change when it resumes (train longer, evaluate or fine-tune otherwise)
+RESUMABLE = frozenset(
+    {"bilevel.alternations", "eval_every", "eval_batch_size", "log_every", "device", "finetune.*"}
+)
+
+
+def _dist() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class BiSSLTrainer(Trainer):
+    """BiSSL on ``config``; see the module docstring. ``encoder`` (pretext-trained backbone and
+    projector) and ``head`` (warmed-up linear head) seed the run; without them the encoder comes
+    from ``config.init_from`` (or random init) and the head is warmed up here.
+
+    Attributes: ``encoder_p`` (θ_P, φ_P), ``model_d`` (θ_D, φ_D), ``train_set``/``val_set``
+    (downstream), ``pretext_set``. ``validate`` reports ``val_acc`` = top-1 (11-point mAP for
+    multi-label sets) of head_D(backbone_P(x)) on the val split, the model that is fine-tuned.
+    """
+
+    method = "bissl"
+
+    @property
+    def nonfinite_hint(self) -> str:
+        b = self.config.bilevel
+        return (
+            f"lower bilevel.lower_lr (now {b.lower_lr}) or bilevel.upper_lr (now {b.upper_lr}), "
+            f"or raise bilevel.lam_damp (now {b.lam_damp})"
+        )
+
+    def __init__(
+        self,
+        config: BiSSLConfig,
+        out_dir: str | Path | None = None,
+        progress: bool = True,
+        encoder: Encoder | None = None,
+        head: nn.Linear | None = None,
+    ) -> None:
+        config.validate()
+        self.rank, self.world = _dist()
+        super().__init__(config, out_dir, progress and self.rank == 0)
+        cfg, bil = config, config.bilevel
+        size = cfg.image_size
+        self.train_set = load_downstream(
+            cfg.dataset, cfg.data_root, "train", size, cfg.dataset_options
+        )
+        self.val_set = load_downstream(cfg.dataset, cfg.data_root, "val", size, cfg.dataset_options)
+        self.train_labels = self.train_set.labels()
+        self.multilabel = self.train_set.multilabel
+        self.pretext_set = load_split(cfg.pretext_run(), "train")
+        shape_d, shape_p = tuple(self.train_set.image_shape), tuple(self.pretext_set.image_shape)
+        if shape_d != shape_p:
+            raise UserError(
+                f"downstream images {shape_d} and pretext images {shape_p} differ in shape; pick "
+                "datasets with the same channels (e.g. dataset_options={channels: 3})"
+            )
+
+        self.encoder_p = self._initial_encoder(encoder).to(self.device)
+        self.model_d = DownstreamModel(
+            copy.deepcopy(self.encoder_p.backbone), self.train_set.num_classes
+        )
+        self.model_d.to(self.device)
+        if head is not None:
+            self.model_d.head.load_state_dict(head.state_dict())
+        elif not self._load_head():
+            warmup_head(
+                self.model_d.backbone, self.model_d.head, self.train_set, cfg.warmup.steps,
+                cfg.warmup.lr, bil.batch_size, cfg.seed,
+            )  # fmt: skip
+        if self.world > 1:
+            for tensor in list(self.encoder_p.state_dict().values()) + list(
+                self.model_d.state_dict().values()
+            ):
+                dist.broadcast(tensor, src=0)
+            # same initial weights everywhere, different augmentations per process
+            seed_everything(cfg.seed + 1000 * self.rank)
+
+        self.lower_opt = LARS(
+            self.encoder_p.parameters(), lr=bil.lower_lr, momentum=bil.momentum,
+            weight_decay=bil.lower_wd, eta=bil.lars_eta,
+        )  # fmt: skip
+        self.upper_opt = torch.optim.SGD(
+            self.model_d.parameters(),
+            lr=bil.upper_lr,
+            momentum=bil.momentum,
+            weight_decay=bil.upper_wd,
+        )
+        n_lower = bil.alternations * bil.lower_steps
+        n_upper = bil.alternations * bil.upper_steps
+        self.lower_sched = torch.optim.lr_scheduler.LambdaLR(
+            self.lower_opt, cosine_lambda(n_lower, int(bil.warmup_frac * n_lower))
+        )
+        self.upper_sched = torch.optim.lr_scheduler.LambdaLR(
+            self.upper_opt, cosine_lambda(n_upper, int(bil.warmup_frac * n_upper))
+        )
+        self.lower_model: nn.Module = self.encoder_p
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.lower_model = DistributedDataParallel(self.encoder_p, device_ids=ids)
+
+        channels, size = shape_p[0], shape_p[1]
+        self.views = SSLViews(cfg.pretext.augment, size, channels)
+        self.down_aug = SSLViews(bil.downstream_augment, size, channels)
+        kw = {"seed": cfg.seed, "rank": self.rank, "world": self.world}
+        self.lower_stream = BatchStream(len(self.pretext_set), bil.lower_batch_size, stream=1, **kw)
+        self.hvp_stream = BatchStream(len(self.pretext_set), bil.lower_batch_size, stream=2, **kw)
+        self.upper_stream = BatchStream(len(self.train_set), bil.batch_size, stream=3, **kw)
+        self.cg_settings = cfg.cg.settings()
+        self.cg_x: tuple[torch.Tensor, ...] | None = None
+        self.last_cg: CGResult | None = None
+
+    # -- initial weights ---------------------------------------------------------------------
+    def _initial_encoder(self, encoder: Encoder | None) -> Encoder:
+        fresh = encoder_for(self.pretext_set, self.config.pretext_run())
+        if encoder is not None:
+            fresh.load_state_dict(encoder.state_dict())
+        elif self.config.init_from is not None:
+            state = load_checkpoint(self.config.init_from, restore_rng=False)
+            if "encoder" not in state:
+                raise UserError(f"init_from={self.config.init_from!r} holds no 'encoder' weights")
+            fresh.load_state_dict(state["encoder"])
+        return fresh
+
+    def _load_head(self) -> bool:
+        if self.config.init_from is None:
+            return False
+        state = load_checkpoint(self.config.init_from, restore_rng=False)
+        if state.get("head") is None:
+            return False
+        self.model_d.head.load_state_dict(state["head"])
+        return True
+
+    # -- the two levels ----------------------------------------------------------------------
+    def _pretext_pair(self, stream: BatchStream) -> tuple[torch.Tensor, torch.Tensor]:
+        images = self.pretext_set.get_batch(stream.next())
+        v1, v2 = self.views.pair(images)
+        return v1.to(self.device), v2.to(self.device)
+
+    def lower_step(self) -> dict[str, float]:
+        """One LARS step on NT-Xent + λ/2 ||θ_P − θ_D||² (gradients to θ_P and φ_P)."""
+        cfg = self.config
+        x1, x2 = self._pretext_pair(self.lower_stream)
+        self.encoder_p.train()
+        loss, parts = lower_objective(
+            self.encoder_p, self.model_d.backbone, x1, x2, cfg.bilevel.lam,
+            cfg.pretext.temperature, model=self.lower_model, gather=cfg.bilevel.gather_negatives,
+        )  # fmt: skip
+        self.lower_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.encoder_p.parameters(), cfg.bilevel.clip)
+        self.lower_opt.step()
+        self.lower_sched.step()
+        return parts
+
+    def upper_step(
+        self,
+        x: torch.Tensor | None = None,
+        y: torch.Tensor | None = None,
+        x1_p: torch.Tensor | None = None,
+        x2_p: torch.Tensor | None = None,
+    ) -> dict[str, float]:
+        """One SGD step of θ_D, φ_D with the implicit gradient (batches drawn when not given)."""
+        cfg, bil = self.config, self.config.bilevel
+        if x is None or y is None:
+            idx = self.upper_stream.next()
+            x = self.down_aug(self.train_set.get_batch(idx))
+            y = self.train_labels[idx]
+        if x1_p is None or x2_p is None:
+            x1_p, x2_p = self._pretext_pair(self.hvp_stream)
+        self.encoder_p.train()
+        self.model_d.train()
+        grads = upper_gradients(
+            self.encoder_p, self.model_d, x.to(self.device), y.to(self.device), x1_p, x2_p,
+            lam=bil.lam, lam_damp=bil.lam_damp, gamma=bil.gamma, temperature=cfg.pretext.temperature,
+            settings=self.cg_settings, x0=self.cg_x if cfg.cg.warm_start else None,
+            reduce=all_reduce_mean if self.world > 1 else None,
+        )  # fmt: skip
+        self.cg_x = tuple(t.detach() for t in grads.cg.x)
+        self.last_cg = grads.cg
+        self.upper_opt.zero_grad(set_to_none=True)
+        for p, g in zip(self.model_d.backbone.parameters(), grads.backbone, strict=True):
+            p.grad = g.detach().clone()
+        for p, g in zip(self.model_d.head.parameters(), grads.head, strict=True):
+            p.grad = g.detach().clone()
+        gnorm = torch.nn.utils.clip_grad_norm_(self.model_d.parameters(), bil.clip)
+        self.upper_opt.step()
+        self.upper_sched.step()
+        return {
+            **grads.losses,
+            "cg_rel_residual": grads.cg.relative_residual,
+            "cg_iters": float(grads.cg.iterations),
+            "cg_breakdown": float(grads.cg.breakdown is not None),
+            "upper_grad_norm": float(gnorm),
+        }
+
+    @torch.no_grad()
+    def adapt(self) -> None:
+        """θ_D <- (1 − α) θ_D + α θ_P over backbone parameters."""
+        alpha = self.config.bilevel.adapt_alpha
+        for pd, pp in zip(
+            self.model_d.backbone.parameters(), self.encoder_p.backbone.parameters(), strict=True
+        ):
+            pd.mul_(1.0 - alpha).add_(pp, alpha=alpha)
+
+    def train_step(self, step: int) -> dict[str, float]:
+        bil = self.config.bilevel
+        sums: dict[str, float] = {}
+        counts: dict[str, int] = {}
+        for logs in [self.lower_step() for _ in range(bil.lower_steps)] + [
+            self.upper_step() for _ in range(bil.upper_steps)
+        ]:
+            for k, v in logs.items():
+                sums[k] = sums.get(k, 0.0) + v
+                counts[k] = counts.get(k, 0) + 1
+        if bil.adapt_every > 0 and (step + 1) % bil.adapt_every == 0:
+            self.adapt()
+        logs = {k: sums[k] / counts[k] for k in sums}
+        if self.world > 1:
+            keys = sorted(logs)
+            mean = all_reduce_mean([torch.tensor([logs[k] for k in keys], dtype=torch.float64)])[0]
+            logs = {k: float(v) for k, v in zip(keys, mean)}
+        return logs
+
+    # -- evaluation and checkpoints ----------------------------------------------------------
+    def validate(self) -> dict[str, float]:
+        """Val metrics (percent) of head_D∘backbone_P (``val_*``) and of model_D (``val_d_*``)."""
+        cfg = self.config
+        composite = nn.Sequential(self.encoder_p.backbone, self.model_d.head)
+        mine = evaluate(composite, self.val_set, cfg.eval_batch_size)
+        theirs = evaluate(self.model_d, self.val_set, cfg.eval_batch_size)
+        out = {f"val_{k}": v for k, v in mine.items()}
+        out.update({f"val_d_{k}": v for k, v in theirs.items()})
+        out["val_acc"] = headline(mine, self.multilabel)
+        out["val_acc_d"] = headline(theirs, self.multilabel)
+        return out
+
+    def save(self, path: str | Path | None = None) -> Path:
+        """Rank 0 writes the checkpoint; the others wait for it."""
+        target = Path(path) if path is not None else self.checkpoint_path
+        if self.rank == 0:
+            target = super().save(path)
+        if self.world > 1:
+            dist.barrier()
+        assert target is not None
+        return target
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "config": dataclasses.asdict(self.config),
+            "encoder_p": self.encoder_p.state_dict(),
+            "model_d": self.model_d.state_dict(),
+            "lower_opt": self.lower_opt.state_dict(),
+            "upper_opt": self.upper_opt.state_dict(),
+            "lower_sched": self.lower_sched.state_dict(),
+            "upper_sched": self.upper_sched.state_dict(),
+            "streams": [
+                s.state_dict() for s in (self.lower_stream, self.hvp_stream, self.upper_stream)
+            ],
+            "cg_x": self.cg_x,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        check_same_settings(state.get("config", {}), self.config, self.out_dir, RESUMABLE)
+        self.encoder_p.load_state_dict(state["encoder_p"])
+        self.model_d.load_state_dict(state["model_d"])
+        self.lower_opt.load_state_dict(state["lower_opt"])
+        self.upper_opt.load_state_dict(state["upper_opt"])
+        self.lower_sched.load_state_dict(state["lower_sched"])
+        self.upper_sched.load_state_dict(state["upper_sched"])
+        for stream, s in zip(
+            (self.lower_stream, self.hvp_stream, self.upper_stream), state["streams"], strict=True
+        ):
+            stream.load_state_dict(s)
+        cg_x = state.get("cg_x")
+        self.cg_x = tuple(t.to(self.device) for t in cg_x) if cg_x is not None else None
+
+    def backbone(self) -> nn.Module:
+        """θ_P, the backbone BiSSL hands to fine-tuning."""
+        return self.encoder_p.backbone
+
+    @classmethod
+    def backbone_from_state(cls, config: BiSSLConfig, state: dict[str, Any]) -> nn.Module:
+        encoder = encoder_for(load_split(config.pretext_run(), "val"), config.pretext_run())
+        encoder.load_state_dict(state["encoder_p"])
+        return encoder.backbone

@@ -1,0 +1,163 @@
+"""Downstream stages shared by the BiSSL trainer and pipeline: evaluation, linear-head warm-up on
+a frozen backbone, and full fine-tuning.
+
+Fine-tuning (the last stage of both the BiSSL and the baseline path) copies the backbone, warms up
+a fresh linear head on frozen features, then trains backbone and head together with SGD
+(momentum 0.9, cosine learning rate, weight decay, grad-norm clip) on the downstream train split.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from bissl.batches import BatchStream
+from bissl.metrics import classification_metrics
+from bissl.objectives import downstream_loss
+from bissl.schedule import cosine_lambda
+from bmssl.data import SSLViews
+from bmssl.data.base import ImageDataset
+from bmssl.errors import UserError
+from bmssl.evaluate import embed_dataset
+from bmssl.trainer import resolve_device
+
+if TYPE_CHECKING:
+    from bissl.config import BiSSLConfig
+
+
+@torch.no_grad()
+def predict(model: nn.Module, dataset: ImageDataset, batch_size: int = 512) -> torch.Tensor:
+    """Logits ``[N, K]`` of ``model`` (eval mode, restored afterwards) over the whole dataset."""
+    was = model.training
+    model.eval()
+    try:
+        return embed_dataset(model, dataset, batch_size)
+    finally:
+        model.train(was)
+
+
+def evaluate(model: nn.Module, dataset: ImageDataset, batch_size: int = 512) -> dict[str, float]:
+    """``top1``, ``top5`` (and ``map11``/``map`` for multi-label sets), in percent.
+
+    A dataset with a ``difficult_matrix`` (VOC) has those image-class pairs left out of the mAP.
+    """
+    logits = predict(model, dataset, batch_size)
+    return classification_metrics(logits, dataset.labels(), dataset.difficult_matrix)
+
+
+def headline(metrics: dict[str, float], multilabel: bool) -> float:
+    """The single number a search maximises: 11-point mAP for multi-label sets, else top-1."""
+    return metrics["map11"] if multilabel else metrics["top1"]
+
+
+def warmup_head(
+    backbone: nn.Module,
+    head: nn.Linear,
+    dataset: ImageDataset,
+    steps: int,
+    lr: float = 0.01,
+    batch_size: int = 64,
+    seed: int = 0,
+) -> float:
+    """Train ``head`` in place on frozen, eval-mode features of ``backbone`` (Adam, ``steps``
+    minibatches); only the head receives gradients. Returns the last minibatch loss."""
+    if steps <= 0:
+        return float("nan")
+    feats = predict(backbone, dataset)
+    device = next(head.parameters()).device
+    feats, labels = feats.to(device), dataset.labels().to(device)
+    opt = torch.optim.Adam(head.parameters(), lr=lr)
+    stream = BatchStream(len(dataset), min(batch_size, len(dataset)), seed=seed, stream=7)
+    loss = torch.tensor(float("nan"))
+    for _ in range(steps):
+        idx = torch.as_tensor(stream.next())
+        loss = downstream_loss(head(feats[idx]), labels[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return float(loss.detach())
+
+
+def finetune(
+    backbone: nn.Module,
+    config: BiSSLConfig,
+    train_set: ImageDataset,
+    val_set: ImageDataset,
+    lr: float | None = None,
+    wd: float | None = None,
+    *,
+    test_set: ImageDataset | None = None,
+    steps: int | None = None,
+    seed: int | None = None,
+    progress: bool = False,
+    keep: dict[str, nn.Module] | None = None,
+) -> dict[str, float]:
+    """Fine-tune a copy of ``backbone`` with a fresh linear head on ``train_set``; metrics on
+    ``val_set`` (``val_*``) and ``test_set`` (``test_*``) in percent.
+
+    Settings come from ``config.finetune`` and ``config.warmup``; ``lr``/``wd``/``steps``/``seed``
+    override them (what a lr/wd search varies). ``val_acc`` is the headline (top-1, or 11-point
+    mAP for multi-label sets). ``backbone`` is not modified; pass ``keep={}`` to receive the
+    fine-tuned network under ``keep["model"]``.
+    """
+    settings = config.finetune
+    lr = float(settings.lr if lr is None else lr)
+    wd = float(settings.wd if wd is None else wd)
+    steps = int(settings.steps if steps is None else steps)
+    seed = int(config.seed if seed is None else seed)
+    if not (lr > 0 and math.isfinite(lr)) or not (wd >= 0 and math.isfinite(wd)) or steps < 0:
+        raise UserError(f"fine-tune needs lr > 0, wd >= 0, steps >= 0; got {lr}, {wd}, {steps}")
+    device = resolve_device(config.device)
+    torch.manual_seed(seed)
+    model = copy.deepcopy(backbone).to(device)
+    out_dim: int = model.out_dim  # type: ignore[assignment]
+    head = nn.Linear(int(out_dim), train_set.num_classes).to(device)
+    labels = train_set.labels()
+    bs = min(settings.batch_size, len(train_set))
+    warmup_head(model, head, train_set, config.warmup.steps, config.warmup.lr, bs, seed)
+    net = nn.Sequential(model, head)
+    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=wd)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_lambda(steps))
+    channels, size = train_set.image_shape[0], train_set.image_shape[-1]
+    augment = SSLViews(settings.augment, size, channels)
+    stream = BatchStream(len(train_set), bs, seed=seed, stream=11)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=steps, desc="fine-tune", leave=False, dynamic_ncols=True)
+    net.train()
+    loss_value = float("nan")
+    for step in range(steps):
+        idx = stream.next()
+        x = augment(train_set.get_batch(idx)).to(device)
+        loss = downstream_loss(net(x), labels[idx].to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), settings.clip)
+        opt.step()
+        sched.step()
+        loss_value = float(loss.detach())
+        if not math.isfinite(loss_value):
+            raise UserError(
+                f"fine-tune loss became {loss_value} at step {step + 1}; lower finetune.lr "
+                f"(now {lr})"
+            )
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    metrics: dict[str, float] = {"train_loss": loss_value, "lr": lr, "wd": wd}
+    val = evaluate(net, val_set, config.eval_batch_size)
+    metrics.update({f"val_{k}": v for k, v in val.items()})
+    metrics["val_acc"] = headline(val, train_set.multilabel)
+    if test_set is not None:
+        test = evaluate(net, test_set, config.eval_batch_size)
+        metrics.update({f"test_{k}": v for k, v in test.items()})
+    if keep is not None:
+        keep["model"] = net
+    return metrics

@@ -1,0 +1,46 @@
+"""BiSSL's entries in the method registry (:mod:`bmssl.methods`), imported by it as a plugin.
+
+- ``bissl``: the bilevel trainer (one step = one alternation), started from a shared SimCLR
+  pretext encoder that a search's driver trains once;
+- ``bissl-finetune``: the fine-tuning stage alone, on the backbone in ``init_from`` (what the
+  ``finetune-lr-wd`` search varies).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bmssl.methods import Method, register_method
+
+PRESETS_DIR = Path(__file__).resolve().parent / "presets"
+PRESET_FILES = {
+    name: PRESETS_DIR / f"{name}.yaml" for name in ("cpu", "tiny", "paper", "paper-v1", "paper-v2")
+}
+
+register_method(
+    Method(
+        "bissl",
+        "BiSSL",
+        "bissl.config:BiSSLConfig",
+        "bissl.bilevel:BiSSLTrainer",
+        "BiSSL bilevel alignment of a SimCLR pretext with a downstream task (λ, γ)",
+        PRESET_FILES,
+        cost=3,
+        usage="python -m bissl run --config FILE",
+        prepare="bissl.pipeline:shared_pretext",
+    )
+)
+register_method(
+    Method(
+        "bissl-finetune",
+        "BiSSL fine-tuning",
+        "bissl.config:BiSSLConfig",
+        None,
+        "BiSSL's downstream fine-tuning of a trained backbone (lr, weight decay)",
+        PRESET_FILES,
+        cost=1,
+        usage="python -m bissl run --config FILE (its fine-tune stage uses these values)",
+        runner="bissl.pipeline:run_finetune",
+        prepare="bissl.pipeline:shared_pretext",
+    )
+)

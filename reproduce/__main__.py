@@ -1,0 +1,28 @@
+"""Command line: ``python -m reproduce table1|bissl [--config PROFILE] [--out DIR] [--quiet]
+[key=value ...]`` — the same as ``python reproduce/table1.py`` and ``reproduce/bissl_table.py``."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+TABLES = {"table1": "reproduce.table1", "bissl": "reproduce.bissl_table"}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in TABLES:
+        names = "|".join(TABLES)
+        print(
+            f"usage: python -m reproduce {{{names}}} [--config PROFILE] [--out DIR] [--quiet] "
+            "[key=value ...]\n(python -m reproduce TABLE --help lists each table's options)",
+            file=sys.stderr,
+        )
+        raise SystemExit(0 if argv[:1] in (["-h"], ["--help"]) else 2)
+    import importlib
+
+    importlib.import_module(TABLES[argv[0]]).main(argv[1:])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,189 @@
+"""Table profiles: the recipe of each results table, as config dataclasses.
+
+A profile is a YAML file ``reproduce/configs/<table>_<name>.yaml`` (or any path) loaded by the
+same loader and checks as every method config (:func:`bmssl.config.load_config`), so a bad value
+is one line naming it, and ``key=value`` overrides on the command line change it
+(``episodes=2000``, ``methods=[simclr,bmssl]``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from bmssl.config import load_config
+from bmssl.errors import UserError, check_choice, check_positive
+from bmssl.evaluate import CLASSIFIERS
+
+CONFIGS = Path(__file__).resolve().parent / "configs"
+CELL = re.compile(r"^(\d+)w(\d+)s$")
+P = TypeVar("P")
+
+
+def _check_seeds(seeds: list[int]) -> None:
+    if not seeds:
+        raise UserError("seeds is empty; give at least one seed, e.g. seeds=[0,1,2] or --seeds 3")
+    if len(set(seeds)) != len(seeds):
+        raise UserError(f"seeds {seeds} repeat a seed; each seed must appear once")
+
+
+@dataclass
+class Table1Profile:
+    """Table 1: rows = methods, columns = ``<dataset> <N>w<K>s`` few-shot cells.
+
+    Each method's config: its registry preset called ``preset`` (when it has one) < ``model`` <
+    ``method_overrides[method]`` < the dataset's options < dataset, root and seed < the method's
+    fixed values. Every method is retrained once per seed; within a seed every method is
+    evaluated on the same ``episodes`` episodes.
+    """
+
+    profile: str = "cpu"
+    preset: str = "cpu"
+    episodes: int = 1000
+    n_query: int = 15
+    classifier: str = "proto"
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    reference: str = "simclr"
+    threads: int | None = 1
+    jobs: int = 1
+    methods: list[str] = field(default_factory=list)
+    model: dict[str, Any] = field(default_factory=dict)
+    datasets: dict[str, Any] = field(default_factory=dict)
+    method_overrides: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        check_choice("classifier", self.classifier, CLASSIFIERS)
+        for name in ("episodes", "n_query", "jobs"):
+            check_positive(name, getattr(self, name))
+        if self.threads is not None:
+            check_positive("threads", self.threads)
+        _check_seeds(self.seeds)
+        if not self.methods:
+            raise UserError("the profile lists no methods; set methods=[random,simclr,...]")
+        if self.reference not in self.methods:
+            raise UserError(
+                f"reference={self.reference!r} is not one of the profile's methods "
+                f"({', '.join(self.methods)}); pass --reference METHOD"
+            )
+        if not self.datasets:
+            raise UserError("the profile lists no datasets")
+        for dataset, options in self.datasets.items():
+            if not isinstance(options, dict) or not options.get("cells"):
+                raise UserError(
+                    f"dataset {dataset!r} of the profile needs a cells list, e.g. "
+                    "{image_size: 28, cells: [5w1s, 5w5s]}"
+                )
+            self.cells(dataset)
+        for method, values in self.method_overrides.items():
+            if not isinstance(values, dict):
+                raise UserError(f"method_overrides.{method} must be a mapping of option: value")
+
+    def cells(self, dataset: str) -> list[tuple[int, int]]:
+        """``[(n_way, k_shot)]`` of a dataset's columns."""
+        out = []
+        for cell in self.datasets[dataset].get("cells", []):
+            match = CELL.match(str(cell))
+            if not match:
+                raise UserError(
+                    f"cell {cell!r} of {dataset} is not of the form <N>w<K>s (e.g. 5w1s)"
+                )
+            out.append((int(match[1]), int(match[2])))
+        return out
+
+    def dataset_options(self, dataset: str) -> dict[str, Any]:
+        return {k: v for k, v in self.datasets[dataset].items() if k != "cells"}
+
+
+@dataclass
+class BiSSLTableProfile:
+    """The BiSSL table: rows = the pipeline paths (baseline, bissl), columns = per downstream
+    dataset the test metrics. Each cell's BiSSL config: the ``bissl`` method's preset called
+    ``preset`` < ``config`` < the dataset's options < dataset, root and seed."""
+
+    profile: str = "cpu"
+    preset: str = "cpu"
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
+    methods: list[str] = field(default_factory=lambda: ["baseline", "bissl"])
+    metrics: list[str] = field(default_factory=lambda: ["top1", "top5"])
+    threads: int | None = 1
+    config: dict[str, Any] = field(default_factory=dict)
+    datasets: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        _check_seeds(self.seeds)
+        for method in self.methods:
+            check_choice("method", method, ("baseline", "bissl"))
+        for metric in self.metrics:
+            check_choice("metric", metric, ("top1", "top5"))
+        if self.threads is not None:
+            check_positive("threads", self.threads)
+        if not self.datasets:
+            raise UserError("the profile lists no datasets")
+        for dataset, options in self.datasets.items():
+            if options is not None and not isinstance(options, dict):
+                raise UserError(f"datasets.{dataset} must be a mapping of BiSSL options (or {{}})")
+
+
+def known_profiles(table: str) -> list[str]:
+    return sorted(p.stem.removeprefix(f"{table}_") for p in CONFIGS.glob(f"{table}_*.yaml"))
+
+
+def load_profile(
+    cls: type[P], table: str, name_or_path: str, overrides: list[str] | dict[str, Any] = ()
+) -> P:
+    """Profile ``name_or_path`` (``cpu``/``paper``: ``configs/<table>_<name>.yaml``, or a
+    YAML path) of table ``table``, with ``key=value`` overrides."""
+    path = Path(name_or_path).expanduser()
+    if not path.suffix and not path.exists():
+        path = CONFIGS / f"{table}_{name_or_path}.yaml"
+        if not path.is_file():
+            raise UserError(
+                f"unknown profile {name_or_path!r}; choose one of "
+                f"{', '.join(known_profiles(table))} or pass a YAML path"
+            )
+    return load_config(cls, path, overrides)
+
+
+def table_parser(
+    prog: str, doc: str, table: str, out: str, epilog: str, data_root_help: str
+) -> argparse.ArgumentParser:
+    """The command line both table drivers share: ``[--config PROFILE] [--out DIR] [--quiet]
+    [--seeds N] [--methods A,B] [--datasets A,B] [--data-root NAME=PATH] [--fresh]
+    [key=value ...]``."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=doc,
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--config",
+        "--profile",
+        dest="config",
+        default="cpu",
+        metavar="PROFILE",
+        help=f"a profile ({', '.join(known_profiles(table))}; default cpu) or a YAML file",
+    )
+    parser.add_argument("--out", default=out, help=f"output folder (default {out})")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--seeds", type=int, help="seeds 0..N-1 (default: the profile's)")
+    parser.add_argument("--methods", help="comma-separated subset of the profile's methods")
+    parser.add_argument("--datasets", help="comma-separated subset of the profile's datasets")
+    parser.add_argument(
+        "--data-root", action="append", default=[], metavar="NAME=PATH", help=data_root_help
+    )
+    parser.add_argument("--fresh", action="store_true", help="ignore cached cells and models")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="overrides")
+    return parser
+
+
+def seed_overrides(seeds: int | None) -> list[str]:
+    """``--seeds N`` as a profile override (``seeds=[0,...,N-1]``)."""
+    if seeds is None:
+        return []
+    if seeds < 1:
+        raise UserError(f"--seeds must be at least 1, got {seeds}")
+    return [f"seeds=[{','.join(map(str, range(seeds)))}]"]

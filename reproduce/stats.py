@@ -1,0 +1,236 @@
+"""Statistics of Table 1: intervals across seeds, episode intervals and paired comparisons.
+
+Data layout: a *cell* (one method on one benchmark column) is a sequence over seeds ``s = 1..S``
+of per-episode accuracies ``x_s`` (1-D arrays in %, ``E`` episodes each), where seed ``s``
+retrained the method from scratch. Within one seed every method was evaluated on the identical
+episodes, so episode ``i`` of method A and episode ``i`` of method B are a pair.
+
+Two sources of noise are in such a cell: the *training* noise (another seed gives another model)
+and the *episode* noise (another episode set gives another score for the same model). The
+interval across seeds covers both; the episode interval covers only the second, which is why it
+is reported beside the primary figure and never in its place.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from itertools import combinations
+from typing import Any
+
+import numpy as np
+from scipy import stats as sps
+
+from bmssl.evaluate import mean_ci95
+
+# The bootstrap gathers ``draws × seeds × episodes`` values; beyond this many per chunk the
+# replicates are drawn in chunks so that memory stays bounded (~64 MB of float64 + indices).
+_CHUNK_ELEMENTS = 4_000_000
+
+
+def t_interval(
+    values: Sequence[float] | np.ndarray, confidence: float = 0.95
+) -> tuple[float, float]:
+    """Mean and half-width of the Student-t confidence interval of the mean.
+
+    For ``n`` values with mean ``m`` and sample standard deviation ``s`` (``ddof=1``)::
+
+        half = t_{n-1, (1+confidence)/2} · s / sqrt(n)
+
+    The interval is ``m ± half``. With one value the spread is unknown and ``half`` is ``nan``.
+    """
+    x = np.asarray(values, dtype=np.float64).ravel()
+    if x.size == 0:
+        raise ValueError("t_interval needs at least one value")
+    mean = float(x.mean())
+    if x.size < 2:
+        return mean, math.nan
+    quantile = float(sps.t.ppf((1.0 + confidence) / 2.0, df=x.size - 1))
+    return mean, quantile * float(x.std(ddof=1)) / math.sqrt(x.size)
+
+
+def episode_interval(accuracies: Sequence[float] | np.ndarray) -> tuple[float, float]:
+    """Mean and ``1.96 · σ / sqrt(n)`` of per-episode accuracies (``σ`` the population std).
+
+    The customary few-shot interval (as :func:`bmssl.evaluate.mean_ci95`): it treats the model
+    as fixed and measures only the episode sampling noise.
+    """
+    acc = np.asarray(accuracies, dtype=np.float64).ravel()
+    if acc.size == 0:
+        raise ValueError("episode_interval needs at least one episode")
+    return mean_ci95(acc)
+
+
+def _finite_or_none(value: float) -> float | None:
+    # JSON has no NaN; ``None`` (null) says "undefined" in a way every reader understands.
+    return float(value) if math.isfinite(value) else None
+
+
+def summarise_cell(per_seed: Sequence[np.ndarray]) -> dict[str, Any]:
+    """Summary of one cell from its per-seed episode accuracies ``x_1..x_S``.
+
+    - ``seed_means``: ``m_s = mean(x_s)``, one per seed;
+    - ``mean``: ``mean_s m_s`` (each seed weighs the same, whatever its episode count);
+    - ``half_width``: the 95% Student-t half-width across the ``m_s`` (:func:`t_interval`), the
+      primary interval ``mean ± half_width``; ``None`` with one seed;
+    - ``std``: sample std of the ``m_s`` (``None`` with one seed);
+    - ``episode_mean``, ``episode_half_width``: :func:`episode_interval` of all episodes of all seeds
+      pooled (episode noise only, reported beside the primary figure);
+    - ``seeds``: ``S``; ``episodes``: the episode count of each seed.
+
+    Every value is a plain float, int, list or ``None``, so the dict is JSON-able as is.
+    """
+    arrays = [np.asarray(x, dtype=np.float64).ravel() for x in per_seed]
+    if not arrays or any(x.size == 0 for x in arrays):
+        raise ValueError("summarise_cell needs at least one seed with at least one episode")
+    seed_means = [float(x.mean()) for x in arrays]
+    mean, half = t_interval(seed_means)
+    episode_mean, episode_half = episode_interval(np.concatenate(arrays))
+    return {
+        "mean": mean,
+        "half_width": _finite_or_none(half),
+        "std": _finite_or_none(float(np.std(seed_means, ddof=1))) if len(arrays) > 1 else None,
+        "seed_means": seed_means,
+        "seeds": len(arrays),
+        "episodes": [int(x.size) for x in arrays],
+        "episode_mean": episode_mean,
+        "episode_half_width": episode_half,
+    }
+
+
+def _paired_matrix(a: Sequence[np.ndarray], b: Sequence[np.ndarray]) -> np.ndarray:
+    """``D[s, i] = a_s[i] − b_s[i]`` as a ``seeds × episodes`` array, after checking the pairing."""
+    if len(a) != len(b):
+        raise ValueError(f"paired rows need the same seeds: {len(a)} vs {len(b)}")
+    if len(a) == 0:
+        raise ValueError("paired_difference needs at least one seed")
+    rows = []
+    for s, (xa, xb) in enumerate(zip(a, b)):
+        xa = np.asarray(xa, dtype=np.float64).ravel()
+        xb = np.asarray(xb, dtype=np.float64).ravel()
+        if xa.size != xb.size:
+            raise ValueError(
+                f"seed {s}: {xa.size} vs {xb.size} episodes; paired rows must share the episodes"
+            )
+        if xa.size == 0:
+            raise ValueError(f"seed {s} has no episodes")
+        rows.append(xa - xb)
+    if len({r.size for r in rows}) != 1:
+        raise ValueError(
+            "every seed must have the same episode count, got " + str([r.size for r in rows])
+        )
+    return np.stack(rows)
+
+
+def bootstrap_means(diffs: np.ndarray, n_boot: int = 2000, seed: int = 0) -> np.ndarray:
+    """``n_boot`` hierarchical-bootstrap replicates of the mean of ``diffs`` (``seeds × episodes``).
+
+    Replicate ``b``: draw ``S`` seeds ``s*_1..s*_S`` with replacement; for each draw ``j`` draw
+    ``E`` episodes ``i*_{j,1..E}`` of seed ``s*_j`` with replacement; the statistic is
+
+        T_b = (1/S) Σ_j (1/E) Σ_e D[s*_j, i*_{j,e}].
+
+    Random draws, in this order from ``numpy.random.default_rng(seed)``: all seed indices
+    (``integers(0, S, size=(n_boot, S))``), then the episode indices of replicate 0, 1, ...
+    (each ``integers(0, E, size=(S, E))``); replicates are gathered in chunks, which draws the
+    same stream.
+    """
+    n_seeds, n_episodes = diffs.shape
+    rng = np.random.default_rng(seed)
+    seed_draws = rng.integers(0, n_seeds, size=(n_boot, n_seeds))
+    chunk = max(1, _CHUNK_ELEMENTS // (n_seeds * n_episodes))
+    flat = np.ascontiguousarray(diffs).ravel()
+    out = np.empty(n_boot)
+    for start in range(0, n_boot, chunk):
+        stop = min(n_boot, start + chunk)
+        episodes = rng.integers(0, n_episodes, size=(stop - start, n_seeds, n_episodes))
+        # D[s*_j, i*_{j,e}] for all replicates of the chunk at once, (chunk, S, E), through flat
+        # indices: np.take on a raveled array is several times faster than 2-D fancy indexing.
+        episodes += seed_draws[start:stop, :, None] * n_episodes
+        out[start:stop] = np.take(flat, episodes).mean(axis=(1, 2))
+    return out
+
+
+def paired_difference(
+    a: Sequence[np.ndarray],
+    b: Sequence[np.ndarray],
+    n_boot: int = 2000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> dict[str, Any]:
+    """Mean paired difference ``a − b`` over seeds × shared episodes, with a bootstrap interval.
+
+    ``a[s]`` and ``b[s]`` are the per-episode accuracies of two rows under seed ``s`` on the
+    same episodes, so ``D[s, i] = a[s][i] − b[s][i]``. The point estimate is
+    ``mean_s mean_i D[s, i]``; the interval is the percentile interval
+    ``[q_{(1−c)/2}, q_{(1+c)/2}]`` of the hierarchical bootstrap replicates of
+    :func:`bootstrap_means` (seeds resampled, then episodes within each resampled seed), so it
+    carries both the training noise between seeds and the episode noise within one.
+
+    Returns ``mean``, ``lo``, ``hi`` (points of accuracy), ``seeds``, ``episodes`` (per seed),
+    ``seed_means`` (``mean_i D[s, i]`` per seed), ``excludes_zero`` and ``sign``: ``+1`` if
+    ``lo > 0`` (a significantly better), ``-1`` if ``hi < 0`` (worse), else ``0``.
+    Raises ``ValueError`` if the seed or episode counts do not pair up.
+    """
+    diffs = _paired_matrix(a, b)
+    replicates = bootstrap_means(diffs, n_boot=n_boot, seed=seed)
+    tail = 100.0 * (1.0 - confidence) / 2.0
+    lo, hi = (float(q) for q in np.percentile(replicates, [tail, 100.0 - tail]))
+    sign = 1 if lo > 0 else -1 if hi < 0 else 0
+    return {
+        "mean": float(diffs.mean()),
+        "lo": lo,
+        "hi": hi,
+        "seeds": int(diffs.shape[0]),
+        "episodes": int(diffs.shape[1]),
+        "seed_means": [float(m) for m in diffs.mean(axis=1)],
+        "excludes_zero": sign != 0,
+        "sign": sign,
+    }
+
+
+def _negated(comparison: dict[str, Any]) -> dict[str, Any]:
+    """The comparison ``b − a`` from that of ``a − b``: with the same bootstrap draws every
+    replicate is negated, so the interval flips exactly."""
+    return {
+        **comparison,
+        "mean": -comparison["mean"],
+        "lo": -comparison["hi"],
+        "hi": -comparison["lo"],
+        "seed_means": [-m for m in comparison["seed_means"]],
+        "sign": -comparison["sign"],
+    }
+
+
+def compare_rows(
+    cells: Mapping[str, Sequence[np.ndarray]],
+    n_boot: int = 2000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """:func:`paired_difference` ``(A − B)`` of one column for every ordered pair of rows.
+
+    ``cells[row]`` is that row's per-seed episode accuracies. Each unordered pair is
+    bootstrapped once and its mirror is the exact negation (same draws).
+    """
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    for first, second in combinations(cells, 2):
+        result = paired_difference(cells[first], cells[second], n_boot, seed, confidence)
+        out[first, second] = result
+        out[second, first] = _negated(result)
+    return out
+
+
+def beats_all(comparisons: Mapping[tuple[str, str], dict[str, Any]], row: str) -> bool:
+    """Whether ``row`` is significantly better than every other row of ``comparisons``
+    (each interval of ``row − other`` lies above zero); the condition for bold."""
+    others = [pair for pair in comparisons if pair[0] == row]
+    return bool(others) and all(comparisons[pair]["sign"] > 0 for pair in others)
+
+
+def comparisons_json(
+    comparisons: Mapping[tuple[str, str], dict[str, Any]],
+) -> list[dict[str, Any]]:
+    """The result of :func:`compare_rows` as a JSON-able list (JSON keys cannot be tuples):
+    ``[{"a": A, "b": B, **paired_difference(A, B)}, ...]``."""
+    return [{"a": a, "b": b, **result} for (a, b), result in comparisons.items()]
