@@ -21,7 +21,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from bmssl.cli import parse_args, print_config, verb_parser
+from bmssl.cli import parse_args, print_config, refuse_multiprocess_launch, verb_parser
 from bmssl.errors import cli_entry
 
 COMMANDS = {
@@ -58,6 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from bmssl.methods import get_method
 
     args = parse_args(build_parser(), argv)
+    refuse_multiprocess_launch()
     config = get_method("bissl").load_config(args.config, args.overrides)
     if args.command == "print-config":
         print_config(config)

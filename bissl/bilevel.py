@@ -23,16 +23,16 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from bissl.batches import BatchStream, load_downstream
+from bissl.batches import BatchStream, downstream_split
 from bissl.config import BiSSLConfig
 from bissl.finetune import evaluate, headline, warmup_head
 from bissl.hypergrad import CGResult, all_reduce_mean, upper_gradients
 from bissl.lars import LARS
 from bissl.objectives import DownstreamModel, lower_objective
 from bissl.schedule import cosine_lambda
+from bmssl.checkpoints import load_checkpoint, seed_everything
 from bmssl.data import SSLViews
 from bmssl.errors import UserError
-from bmssl.checkpoints import load_checkpoint, seed_everything
 from bmssl.nets import Encoder
 from bmssl.pretrain import check_same_settings, encoder_for, load_split
 from bmssl.trainer import Trainer
@@ -81,11 +81,8 @@ class BiSSLTrainer(Trainer):
         self.rank, self.world = _dist()
         super().__init__(config, out_dir, progress and self.rank == 0)
         cfg, bil = config, config.bilevel
-        size = cfg.image_size
-        self.train_set = load_downstream(
-            cfg.dataset, cfg.data_root, "train", size, cfg.dataset_options
-        )
-        self.val_set = load_downstream(cfg.dataset, cfg.data_root, "val", size, cfg.dataset_options)
+        self.train_set = downstream_split(cfg, "train")
+        self.val_set = downstream_split(cfg, "val")
         self.train_labels = self.train_set.labels()
         self.multilabel = self.train_set.multilabel
         self.pretext_set = load_split(cfg.pretext_run(), "train")
@@ -323,6 +320,6 @@ class BiSSLTrainer(Trainer):
 
     @classmethod
     def backbone_from_state(cls, config: BiSSLConfig, state: dict[str, Any]) -> nn.Module:
-        encoder = encoder_for(load_split(config.pretext_run(), "val"), config.pretext_run())
+        encoder = encoder_for(load_split(config.pretext_run(), "train"), config.pretext_run())
         encoder.load_state_dict(state["encoder_p"])
         return encoder.backbone

@@ -142,9 +142,10 @@ class FinetuneConfig:
 
 
 def _pretext_defaults() -> SimCLRConfig:
-    # The pretext stage saves its encoder at the end and BiSSL validates downstream, so the
-    # SimCLR run itself validates only once, on few episodes.
-    return SimCLRConfig(eval_every=0, eval_episodes=50)
+    # The pretext data is one pool of every image of its source (a class tree or a flat folder
+    # of unlabelled images), and BiSSL validates downstream: the SimCLR stage has no few-shot
+    # validation of its own.
+    return SimCLRConfig(eval_every=0, train_protocol="unlabeled")
 
 
 @dataclass
@@ -158,6 +159,8 @@ class BiSSLConfig:
     dataset: str = "digits"
     data_root: str | None = None
     dataset_options: dict[str, Any] = field(default_factory=dict)
+    #: downstream training labels per class (None: the whole train split); a low-label regime
+    labels_per_class: int | None = None
     pretext: SimCLRConfig = field(default_factory=_pretext_defaults)
     warmup: HeadWarmupConfig = field(default_factory=HeadWarmupConfig)
     bilevel: BilevelConfig = field(default_factory=BilevelConfig)
@@ -194,6 +197,8 @@ class BiSSLConfig:
             section.validate()
         self.pretext_run().validate()
         check_positive("eval_batch_size", self.eval_batch_size)
+        if self.labels_per_class is not None:
+            check_positive("labels_per_class", self.labels_per_class)
         check_positive("log_every", self.log_every)
         _nonnegative(self, "", "eval_every")
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):

@@ -22,12 +22,13 @@ from typing import Any
 
 import torch
 
-from bissl.batches import load_downstream
+from bissl.batches import downstream_split
 from bissl.bilevel import BiSSLTrainer
 from bissl.config import BiSSLConfig
+from bissl.curves import plot_bissl_curves
 from bissl.finetune import finetune
-from bmssl.errors import UserError
 from bmssl.checkpoints import load_checkpoint, save_weights
+from bmssl.errors import UserError
 from bmssl.io import atomic_write, write_json
 from bmssl.nets import Encoder
 from bmssl.pretrain import encoder_for, load_split
@@ -102,12 +103,7 @@ def pretext_encoder(
 
 def load_splits(config: BiSSLConfig) -> dict[str, Any]:
     """The downstream train/val/test splits of ``config``."""
-    return {
-        split: load_downstream(
-            config.dataset, config.data_root, split, config.image_size, config.dataset_options
-        )
-        for split in ("train", "val", "test")
-    }
+    return {split: downstream_split(config, split) for split in ("train", "val", "test")}
 
 
 def run_bissl(
@@ -124,6 +120,7 @@ def run_bissl(
     encoder, _ = pretext_encoder(config, None, pretext_cache or out_dir, progress)
     trainer = BiSSLTrainer(config, out_dir / "bissl", progress, encoder=encoder)
     history = trainer.fit()
+    plot_bissl_curves(out_dir / "bissl" / "metrics.csv", out_dir / "bissl" / "curves.png")
     extra = {f"bissl_{k}": v for k, v in history.items() if isinstance(v, float)}
     return _finetune_and_record(
         "bissl", trainer.encoder_p.backbone, config, splits, out_dir, started, progress, extra

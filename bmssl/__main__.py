@@ -18,11 +18,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from bmssl.cli import parse_args, print_config, split_positional, verb_parser
+from bmssl.cli import (
+    parse_args,
+    print_config,
+    refuse_multiprocess_launch,
+    split_positional,
+    verb_parser,
+)
 from bmssl.errors import UserError, cli_entry
 
 DEFAULT_METHOD = "bmssl"
@@ -89,6 +96,7 @@ def _train(args: argparse.Namespace) -> dict:
             f"method {method.name!r} is not trained; evaluate it with reproduce/table1.py"
         )
     trainer = trainer_cls(config, args.out, progress=not args.quiet)  # checks settings and data
+    fresh = args.out is not None and not args.out.exists()
     if args.out is not None:
         from bmssl.io import ensure_writable_dir
         from bmssl.runlock import RunLock
@@ -98,7 +106,14 @@ def _train(args: argparse.Namespace) -> dict:
             if trainer.maybe_resume():  # a refused resume leaves the folder as it was
                 print(f"resuming from {trainer.checkpoint_path}", file=sys.stderr)
             write_text(args.out / "config.yaml", config_to_yaml(config))
-    metrics = trainer.fit()
+    try:
+        metrics = trainer.fit()
+    except UserError:
+        # A new run that failed before its first checkpoint (a corrupt image, a diverging
+        # loss) leaves nothing behind: no half-made run folder to mistake for a run.
+        if fresh and not (args.out / "checkpoints").exists():
+            shutil.rmtree(args.out, ignore_errors=True)
+        raise
     if args.out is not None:
         write_json(args.out / "metrics.json", metrics)
     print(json.dumps({k: round(v, 4) for k, v in metrics.items()}))
@@ -192,6 +207,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if len(argv) > 1 and argv[0] in ("train", "print-config"):
         method = _first_word(argv[1:])
     args = parse_args(_parser(method), argv, positional=True)
+    refuse_multiprocess_launch()
     if args.command == "methods":
         from bmssl.methods import list_methods
 

@@ -70,6 +70,9 @@ def parse_args(
     stray = [t for t in extra if t.startswith("-") or "=" not in t]
     if extra and not hasattr(args, "overrides"):
         stray = extra
+    bare = [t for t in stray if not t.startswith("-")]
+    if bare and hasattr(args, "overrides"):
+        parser.error(f"{' '.join(bare)}: options are key=value (for example steps=100)")
     if stray:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
     if extra:
@@ -90,6 +93,23 @@ def split_positional(tokens: Sequence[str]) -> tuple[str | None, list[str]]:
     if tokens and "=" not in tokens[0]:
         return tokens[0], tokens[1:]
     return None, tokens
+
+
+def refuse_multiprocess_launch() -> None:
+    """Refuse a ``torchrun --nproc_per_node N`` launch (N > 1): every process would run its own
+    full, independent job into the same ``--out``. Data-parallel training from these entry
+    points is not implemented; run one process per job (Ray Tune spreads jobs over GPUs)."""
+    import os
+
+    world = os.environ.get("WORLD_SIZE", "1")
+    if world != "1":
+        from bmssl.errors import UserError
+
+        raise UserError(
+            f"launched as {world} processes (WORLD_SIZE={world}), but this command trains in one "
+            "process: each would run the whole job into the same --out; run it without torchrun "
+            "(or with --nproc_per_node 1)"
+        )
 
 
 def print_config(config: Any) -> None:

@@ -162,6 +162,8 @@ def _build(
             f"unknown {where}: {names}; known options: "
             f"{', '.join(prefix + k for k in sorted(types_))}"
         )
+    if base is None and any(_section_class(t) for t in types_.values()):
+        base = cls()  # a section given in part keeps its field's own default for the rest
     current: dict[str, Any] = (
         {f: getattr(base, f) for f in types_} if base is not None else {}
     )  # fmt: skip

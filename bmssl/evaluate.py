@@ -75,25 +75,39 @@ def mean_ci95(accuracies: np.ndarray | list[float]) -> tuple[float, float]:
 
 
 def check_episode_shape(
-    dataset: ImageDataset, n_way: int, k_shot: int, n_query: int
+    dataset: ImageDataset,
+    n_way: int,
+    k_shot: int,
+    n_query: int,
+    names: tuple[str, str, str] = ("n_way", "k_shot", "n_query"),
 ) -> list[np.ndarray]:
-    """Raise a :class:`UserError` if ``dataset`` cannot supply N-way K-shot Q-query episodes."""
-    for name, value in (("n_way", n_way), ("k_shot", k_shot), ("n_query", n_query)):
+    """Raise a :class:`UserError` if ``dataset`` cannot supply N-way K-shot Q-query episodes.
+
+    ``names`` are the options the user set these with (e.g. ``eval_n_way``), so the message
+    names the real option.
+    """
+    way, shot, query = names
+    for name, value in ((way, n_way), (shot, k_shot), (query, n_query)):
         if value < 1:
             raise UserError(f"{name} must be at least 1, got {value}")
     by_class = dataset.indices_by_class()
+    if len(by_class) < 2:
+        raise UserError(
+            f"this split has {len(by_class)} class(es); few-shot episodes need at least 2, so "
+            "the dataset needs more classes"
+        )
     if n_way > len(by_class):
         raise UserError(
-            f"n_way={n_way} is larger than the {len(by_class)} held-out classes of this split; "
-            f"use n_way <= {len(by_class)}"
+            f"{way}={n_way} is larger than the {len(by_class)} held-out classes of this split; "
+            f"use {way} <= {len(by_class)}"
         )
     eligible = [idx for idx in by_class if len(idx) >= k_shot + n_query]
     if len(eligible) < n_way:
         smallest = min(len(idx) for idx in by_class)
         raise UserError(
-            f"k_shot={k_shot} plus n_query={n_query} needs {k_shot + n_query} images per class but "
+            f"{shot}={k_shot} plus {query}={n_query} needs {k_shot + n_query} images per class but "
             f"only {len(eligible)} classes have that many (the smallest has {smallest}); "
-            f"lower k_shot or n_query"
+            f"lower {shot} or {query}"
         )
     return by_class
 
@@ -133,13 +147,38 @@ def sample_episodes(
 def embed_dataset(
     features: Callable[[torch.Tensor], torch.Tensor], dataset: ImageDataset, batch_size: int = 512
 ) -> torch.Tensor:
-    """Features ``[len(dataset), F]`` (on the CPU) of every image, computed once in batches."""
+    """Features ``[len(dataset), F]`` (on the CPU) of every image, computed once in batches.
+
+    A network whose BatchNorm keeps no running statistics (``bn: batch``) normalises each batch
+    with its own statistics, so its features depend on how the set is batched (a folder in
+    class order gives one class per batch and loses the class information): it is warned about.
+    """
+    warn_batch_statistics(features)
     device = module_device(features)
     chunks = []
     for start in range(0, len(dataset), batch_size):
         idx = np.arange(start, min(start + batch_size, len(dataset)))
         chunks.append(features(dataset.get_batch(idx).to(device)).float().cpu())
     return torch.cat(chunks)
+
+
+def warn_batch_statistics(module: object) -> None:
+    """Warn once per module when its BatchNorm normalises eval batches with their own statistics."""
+    if not isinstance(module, nn.Module) or getattr(module, "_warned_batch_stats", False):
+        return
+    if any(
+        isinstance(m, nn.modules.batchnorm._BatchNorm) and not m.track_running_stats
+        for m in module.modules()
+    ):
+        import warnings
+
+        warnings.warn(
+            "this network's BatchNorm keeps no running statistics (bn: batch), so its features "
+            "depend on how the evaluation set is batched; train with bn: track for evaluation "
+            "that does not",
+            stacklevel=3,
+        )
+        module._warned_batch_stats = True  # type: ignore[assignment]
 
 
 def module_device(module: object) -> torch.device:

@@ -43,8 +43,12 @@ class BMSSLConfig(RunConfig):
     seed fields (two with BMSSL's own defaults), then the method's. The field defaults are the
     one place each default lives."""
 
-    # "batch": batch statistics, no buffers -> functional/vmap-friendly (see bmssl.inner)
-    bn: str = "batch"
+    # "track": the meta-step normalises with batch statistics (a decomposed twin for torch.func,
+    # see bmssl.inner) and the running statistics are refreshed from the support views after
+    # each step, so evaluation uses them. "batch" keeps no running statistics: its features
+    # then depend on how an evaluation set is batched (a class-ordered folder, one class per
+    # batch, loses the class information; measured below random init).
+    bn: str = "track"
     steps: int = 1000
     augment: str = "default"
     # task reconstruction (many images per task: the prototype loss contrasts N images)

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bmssl.errors import check_choice
+from bmssl.errors import UserError, check_choice
 
 BNPolicy = Literal["track", "batch", "none"]
 BN_POLICIES = ("track", "batch", "none")
@@ -92,7 +92,10 @@ class ConvNet(nn.Module):
         for _ in range(depth):
             side //= 2
         if side < 1:
-            raise ValueError(f"image_size {image_size} is too small for {depth} pooling blocks")
+            raise UserError(
+                f"image_size={image_size} is too small for {depth} pooling blocks of "
+                f"conv{depth}; use image_size >= {2**depth}"
+            )
         self.out_dim = width * side * side
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -16,12 +16,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from bmssl.checkpoints import seed_everything
 from bmssl.data import get_dataset
 from bmssl.data.base import ImageDataset, SubsetByClass
 from bmssl.errors import UserError, check_choice, check_positive
-from bmssl.evaluate import evaluate_fewshot
-from bmssl.checkpoints import seed_everything
+from bmssl.evaluate import check_episode_shape, evaluate_fewshot
 from bmssl.nets import BN_POLICIES, Encoder, backbone_names, build_encoder
+
+#: query images per class of a validation episode
+VAL_QUERIES = 15
 
 
 @dataclass
@@ -43,6 +46,7 @@ class RunConfig:
     eval_k_shot: int = 1
     num_train_images: int | None = None  # None = the whole training split
     log_every: int = 10  # steps per row of metrics.csv (losses averaged over the interval)
+    train_protocol: str = "fewshot"  # "unlabeled": train on every image, no few-shot validation
     device: str = "auto"
     seed: int = 0
 
@@ -55,6 +59,7 @@ class RunConfig:
         """Raise :class:`UserError` naming the first bad value and how to fix it."""
         check_choice("backbone", self.backbone, backbone_names())
         check_choice("bn", self.bn, BN_POLICIES)
+        check_choice("train_protocol", self.train_protocol, ("fewshot", "unlabeled"))
         for name in ("image_size", "width", "proj_hidden", "proj_dim", "steps", "eval_episodes"):
             check_positive(name, getattr(self, name))
         check_positive("eval_k_shot", self.eval_k_shot)
@@ -79,8 +84,22 @@ def encoder_for(dataset: ImageDataset, config: Any) -> Encoder:
 
 
 def load_split(config: Any, split: str) -> ImageDataset:
-    """A config's dataset split (few-shot protocol), truncated to ``num_train_images`` for train."""
-    data = get_dataset(config.dataset, config.data_root, split=split, image_size=config.image_size)
+    """A config's dataset split, truncated to ``num_train_images`` for train.
+
+    ``train_protocol="fewshot"`` (default): class-disjoint splits, the training classes for
+    train; ``"unlabeled"``: the training split is every image of the source (a class tree or a
+    flat folder of unlabelled images), for self-supervised pretext data; there is no val split.
+    """
+    protocol = getattr(config, "train_protocol", "fewshot")
+    if protocol == "unlabeled" and split != "train":
+        raise UserError(
+            f"train_protocol=unlabeled pools every image for training and has no {split} split; "
+            "use train_protocol=fewshot to evaluate on held-out classes"
+        )
+    data = get_dataset(
+        config.dataset, config.data_root, split=split, protocol=protocol,
+        image_size=config.image_size,
+    )  # fmt: skip
     limit = getattr(config, "num_train_images", None)
     if split == "train" and limit is not None:
         if limit < 1:
@@ -103,17 +122,27 @@ class FewShotValidation:
     device: torch.device
 
     def build_data_and_encoder(self) -> None:
-        """Load the train/val splits and the encoder sized for them, on ``self.device``."""
+        """Load the train/val splits and the encoder sized for them, on ``self.device``; check
+        that the val split holds the validation episodes before any training starts."""
         self.train_set = load_split(self.config, "train")
-        self.val_set = load_split(self.config, "val")
+        self.val_set: ImageDataset | None = None
+        if self.config.train_protocol == "fewshot":
+            self.val_set = load_split(self.config, "val")
+            check_episode_shape(
+                self.val_set, self.config.eval_n_way, self.config.eval_k_shot, VAL_QUERIES,
+                names=("eval_n_way", "eval_k_shot", "queries per class"),
+            )  # fmt: skip
         self.encoder = encoder_for(self.train_set, self.config).to(self.device)
 
     def validate(self) -> dict[str, float]:
+        if self.val_set is None:  # unlabeled pretext data: nothing held out to validate on
+            return {"val_acc": float("nan")}
         result = evaluate_fewshot(
             self.encoder.backbone,
             self.val_set,
             n_way=self.config.eval_n_way,
             k_shot=self.config.eval_k_shot,
+            n_query=VAL_QUERIES,
             episodes=self.config.eval_episodes,
             seed=self.config.seed,
         )
@@ -123,7 +152,7 @@ class FewShotValidation:
 def random_init_encoder(config: Any) -> Encoder:
     """The untrained encoder a config describes, seeded by ``config.seed`` (the random-init row)."""
     seed_everything(int(config.seed))
-    return encoder_for(load_split(config, "val"), config)
+    return encoder_for(load_split(config, "train"), config)
 
 
 #: settings that may change when a run resumes (train longer, evaluate differently, move device)
@@ -160,7 +189,7 @@ class EncoderState:
     @classmethod
     def backbone_from_state(cls, config: Any, state: dict[str, Any]) -> torch.nn.Module:
         """The backbone a saved :meth:`state_dict` holds, rebuilt for ``config``'s data."""
-        encoder = encoder_for(load_split(config, "val"), config)
+        encoder = encoder_for(load_split(config, "train"), config)
         encoder.load_state_dict(state["encoder"])
         return encoder.backbone
 

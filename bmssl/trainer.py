@@ -35,8 +35,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from bmssl.errors import NonFiniteLossError, UserError
 from bmssl.checkpoints import load_checkpoint, save_checkpoint, seed_everything
+from bmssl.errors import NonFiniteLossError, UserError
 from bmssl.io import write_json, write_text
 
 DEFAULT_LOG_EVERY = 10
@@ -280,7 +280,7 @@ class Trainer:
         row = self.record.close_interval(self.step, extra)
         if writer is not None:
             for key, value in row.items():
-                if key != "step":
+                if key != "step" and math.isfinite(value):
                     writer.add_scalar(key, value, self.step)
         if self.out_dir is not None:
             write_text(self.out_dir / "metrics.csv", self.record.csv_text())

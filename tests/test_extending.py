@@ -76,11 +76,20 @@ def test_method_is_a_table1_row(tmp_path: Path, plugin_env) -> None:
 
 @pytest.mark.ray
 def test_method_is_searchable(tmp_path: Path, plugin_env) -> None:
-    plugin_env["RAY_TMPDIR"] = str(tmp_path / "ray")
+    import tempfile
+
+    # Ray's socket paths must stay under 107 bytes: a short folder, not pytest's tmp_path.
+    ray_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")
+    plugin_env["RAY_TMPDIR"] = ray_dir
     args = [
-        "-m", "tuning", "search", "noise-contrast", "--space", "scaling-tasks", "--out",
+        "-m", "tuning", "search", "noise-contrast", "--space", "scaling-images", "--out",
         str(tmp_path / "tune"), "--num-cpus", "2", "--seeds", "0", "--quiet", *TRAIN,
         "steps=4", "eval_every=2", "eval_episodes=5",
     ]  # fmt: skip
-    shown = run(args, plugin_env, tmp_path)
+    try:
+        shown = run(args, plugin_env, tmp_path)
+    finally:
+        import shutil
+
+        shutil.rmtree(ray_dir, ignore_errors=True)
     assert "trials finished" in shown.stdout

@@ -40,7 +40,8 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
         description="Ray Tune searches and ablations over the registered methods.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    config_cls, presets = None, ()
+    config_cls: type | None = None
+    presets: tuple[str, ...] = ()
     if method is not None:
         from bmssl.methods import get_method
 
@@ -115,7 +116,13 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
         "--resume", action="store_true", help="continue the search <out>/<name> after an interrupt"
     )
 
-    verb_parser(sub, "spaces", "list the search spaces and the methods they apply to", config=False, out=None)
+    verb_parser(
+        sub,
+        "spaces",
+        "list the search spaces and the methods they apply to",
+        config=False,
+        out=None,
+    )
     verb_parser(
         sub,
         "report",

@@ -8,7 +8,7 @@ rebuilt report reads it back with :meth:`SearchPlan.from_json` instead of resolv
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ class SearchRequest:
     #: a preset of the method (``tiny``, ``cpu``, ...) or a YAML file of config values
     config: str | None = None
     #: ``key=value`` base-config overrides (dotted inside sections: ``bilevel.alternations``)
-    overrides: Mapping[str, Any] | Sequence[str] = field(default_factory=dict)
+    overrides: Mapping[str, Any] | list[str] = field(default_factory=dict)
     num_samples: int | None = None
     search: str | None = None
     scheduler: str | None = None
@@ -162,6 +162,11 @@ class SearchPlan:
             "space_description": self.space.description,
             "metric": "val_acc",
             "metric_description": self.metric_description,
+            "metric_label": (
+                "fine-tuned validation accuracy (%)"
+                if self.space.finish is not None
+                else "validation accuracy (%)"
+            ),
             "base": config_to_dict(self.base),
             "requested_base": self.requested,
             "axes": [a.name for a in self.axes],

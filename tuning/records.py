@@ -154,7 +154,9 @@ def load_records(experiment: Location, axis_names: Sequence[str]) -> list[TrialR
     for trial in analysis.trials:
         config = dict(trial.config or {})
         last = {
-            k: float(v) for k, v in (trial.last_result or {}).items() if _finite(v) and _is_metric(k)
+            k: float(v)
+            for k, v in (trial.last_result or {}).items()
+            if _finite(v) and _is_metric(k)
         }
         trial_dir = str(trial.path).rstrip("/").rsplit("/", 1)[-1]
         records.append(

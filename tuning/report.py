@@ -21,6 +21,8 @@ from typing import Any
 from bmssl.io import atomic_write, write_text
 from tuning.records import Arm, TrialRecord, best_arm, best_record, full_budget, group_arms
 
+METRIC_LABEL = "validation accuracy (%)"
+
 
 @dataclass(frozen=True)
 class ReportPaths:
@@ -69,7 +71,7 @@ def write_report(
     )
     write_text(paths.trials_csv, trials_csv(records, names, best))
     write_text(paths.history_csv, history_csv(records, names))
-    write_plot(paths.plot_png, records, axes, best)
+    write_plot(paths.plot_png, records, axes, best, plan.get("metric_label") or METRIC_LABEL)
     if paths.best_yaml is not None and best is not None:
         header = (
             f"# Best trial {best.trial_id} of search {plan.get('name')!r} "
@@ -292,6 +294,7 @@ def write_plot(
     records: Sequence[TrialRecord],
     axes: Sequence[Any],
     best: TrialRecord | None,
+    ylabel: str = METRIC_LABEL,
 ) -> Path:
     """Final val_acc against each searched parameter (one panel per axis), as a PNG.
 
@@ -357,7 +360,7 @@ def write_plot(
             panel.set_xticks(ticks[0], ticks[1])
             panel.set_xlim(-0.5, len(ticks[0]) - 0.5)
         panel.set_xlabel(axis.title)
-        panel.set_ylabel("validation accuracy (%)")
+        panel.set_ylabel(ylabel)
         panel.grid(alpha=0.3)
     if not axes:
         panels[0][0].set_axis_off()

@@ -182,7 +182,9 @@ def report_existing(experiment_dir: str | Path) -> tuple[SearchPlan, ReportPaths
     from ray import tune
 
     if not tune.Tuner.can_restore(experiment.uri):
-        raise UserError(f"{experiment.display()} holds no Tune experiment state yet; nothing to report")
+        raise UserError(
+            f"{experiment.display()} holds no Tune experiment state yet; nothing to report"
+        )
     records = load_records(experiment, [a.name for a in plan.axes])
     return plan, export_report(experiment, plan, records), experiment
 
@@ -305,17 +307,10 @@ def _init_ray(address: str | None, num_cpus: int | None, quiet: bool) -> bool:
 def _trainable(plan: SearchPlan) -> Any:
     from ray import tune
 
-    from tuning.trainables import TrialSpec, run_trial
+    from tuning.trainables import run_trial
 
-    spec = TrialSpec(
-        method=plan.method,
-        base=plan.base,
-        finish=plan.space.finish,
-        finish_prefix=plan.space.finish_prefix,
-        cpus_per_trial=plan.cpus_per_trial,
-    )
     resources = {"cpu": plan.cpus_per_trial, "gpu": plan.gpus_per_trial}
-    return tune.with_resources(tune.with_parameters(run_trial, spec=spec), resources)
+    return tune.with_resources(tune.with_parameters(run_trial, plan=plan), resources)
 
 
 def trial_dirname(trial: Any) -> str:

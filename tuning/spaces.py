@@ -58,7 +58,12 @@ class Axis:
 
     def to_json(self) -> dict[str, Any]:
         """What a stored plan keeps (the sampler is Tune's business once a search started)."""
-        return {"name": self.name, "grid": list(self.grid), "scale": self.scale, "label": self.label}
+        return {
+            "name": self.name,
+            "grid": list(self.grid),
+            "scale": self.scale,
+            "label": self.label,
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Axis:

@@ -60,7 +60,9 @@ class Location:
 
     def child(self, *names: str) -> Location:
         suffix = "/".join(names)
-        return Location(f"{self.uri.rstrip('/')}/{suffix}", self.fs, f"{self.path.rstrip('/')}/{suffix}")
+        return Location(
+            f"{self.uri.rstrip('/')}/{suffix}", self.fs, f"{self.path.rstrip('/')}/{suffix}"
+        )
 
     def is_file(self, name: str) -> bool:
         from pyarrow import fs as pafs

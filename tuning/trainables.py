@@ -1,8 +1,8 @@
 """The Tune function trainable: one trial = one run of a registered method.
 
-The trial's config holds only the searched values (and its ``seed``); the method, the search's
-base config and the space's final stage arrive through ``tune.with_parameters`` as a
-:class:`TrialSpec`. A trial runs the method's trainer (:class:`bmssl.trainer.Trainer`) or, for a
+The trial's config holds only the searched values (and its ``seed``); the search's
+:class:`tuning.plan.SearchPlan` (method, base config, the space's final stage) arrives through
+``tune.with_parameters``. A trial runs the method's trainer (:class:`bmssl.trainer.Trainer`) or, for a
 method whose trial is not one trainer run, its runner function.
 
 The trainer's own ``checkpoints/last.pt`` is what travels through Tune checkpoints, so a trial
@@ -24,41 +24,28 @@ import math
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ray import tune
 
-from bmssl.methods import Method
+from tuning.plan import SearchPlan
 
 #: metrics passed to Tune; anything non-numeric the trainer logs is dropped
 _REPORTED_KEYS_ALWAYS = ("val_acc", "step")
 #: the final stage's metrics, kept beside the trainer checkpoint in the trial's Tune checkpoint
 FINISH_FILE = "finish.json"
 
-@dataclass(frozen=True)
-class TrialSpec:
-    """What every trial of a search shares (pickled once into Ray's object store)."""
 
-    method: Method
-    base: Any
-    finish: str | None = None
-    finish_prefix: str = ""
-    cpus_per_trial: float | None = None
-
-    def trial_config(self, params: Mapping[str, Any]) -> Any:
-        return self.method.load_config(None, params, base=self.base)
-
-
-def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
-    """Train one trial with ``config`` (searched values and seed) on top of ``spec.base``.
+def run_trial(config: dict[str, Any], plan: SearchPlan) -> None:
+    """Train one trial with ``config`` (searched values and seed) on top of ``plan.base``.
 
     Reports the metrics at every validation with the checkpoint; resumes from
     ``tune.get_checkpoint()`` when Tune hands one over.
     """
-    trial_config = spec.trial_config(_device_for_trial(config, spec.base))
-    _limit_threads(spec.cpus_per_trial)
+    finish, prefix = plan.space.finish, plan.space.finish_prefix
+    trial_config = plan.trial_config(_device_for_trial(config, plan.base))
+    _limit_threads(plan.cpus_per_trial)
     # A private scratch dir: the Tune checkpoint, not anything left on this node, is the truth.
     out_dir = Path(tempfile.mkdtemp(prefix="tuning-trial-"))
     try:
@@ -71,29 +58,29 @@ def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
 
         def on_eval(step: int, metrics: dict[str, float], path: Path | None) -> None:
             nonlocal reported
-            shown = metrics if spec.finish is None else _prefixed(metrics, spec.finish_prefix)
+            shown = metrics if finish is None else _prefixed(metrics, prefix)
             # report() persists the checkpoint before it returns, so the trainer may overwrite
             # its file at its next validation.
-            _report(tune_metrics(shown, step, need_val_acc=spec.finish is None), path)
+            _report(tune_metrics(shown, step, need_val_acc=finish is None), path)
             reported = True
 
         trainer = None
-        runner = spec.method.runner_function()
+        runner = plan.method.runner_function()
         if runner is not None:
             final, step, path = runner(trial_config, out_dir, on_eval)
         else:
-            trainer_class = spec.method.trainer_class()
+            trainer_class = plan.method.trainer_class()
             assert trainer_class is not None  # spaces refuse methods that are not trained
             trainer = trainer_class(trial_config, out_dir=out_dir, progress=False)
             final = trainer.fit(on_eval=on_eval)
             step, path = trainer.step, trainer.checkpoint_path
-        if spec.finish is not None:
+        if finish is not None:
             if finished.is_file():
                 # restored after the final stage had run: its metrics are in the checkpoint
                 final = json.loads(finished.read_text())
             else:
-                stage = _import_ref(spec.finish)
-                final = {**_prefixed(final, spec.finish_prefix), **stage(trainer)}
+                stage = _import_ref(finish)
+                final = {**_prefixed(final, prefix), **stage(trainer)}
                 finished.write_text(json.dumps(final))
             _report(tune_metrics(final, step), path, extra=finished)
         elif not reported and final:

@@ -158,6 +158,12 @@ def read_saved_hf(
         loaded = datasets.load_from_disk(str(path))
     except FileNotFoundError as err:
         raise DataNotFoundError(f"no Hugging Face dataset saved at {str(path)!r} ({err})") from None
+    except (ValueError, KeyError, TypeError, OSError) as err:  # damaged metadata or arrow files
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise UserError(
+            f"the Hugging Face dataset saved at {str(path)!r} is damaged ({first}); save it "
+            "again with save_to_disk or point at another folder"
+        ) from None
     tables, part = _members(loaded, path, pool)
     columns = [
         _pick_columns(t, image_column, label_column, str(path), need_label=not pool) for t in tables

@@ -176,7 +176,7 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path: Path) -> None:
 def test_multilabel_downstream_set_uses_bce_and_map(monkeypatch) -> None:
     """A multi-label view of digits (label and label+1 mod 10 both positive)."""
     import bissl.bilevel as trainer_mod
-    from bissl.batches import load_downstream
+    from bissl.batches import downstream_split
     from bmssl.data.base import ImageDataset
 
     class MultiLabel(ImageDataset):
@@ -199,7 +199,7 @@ def test_multilabel_downstream_set_uses_bce_and_map(monkeypatch) -> None:
             return self.base.get_batch(idx)
 
     monkeypatch.setattr(
-        trainer_mod, "load_downstream", lambda *a, **k: MultiLabel(load_downstream(*a, **k))
+        trainer_mod, "downstream_split", lambda *a, **k: MultiLabel(downstream_split(*a, **k))
     )
     trainer = BiSSLTrainer(tiny({"bilevel.alternations": 1, "eval_every": 1}), progress=False)
     assert trainer.multilabel and trainer.train_labels.dtype == torch.float32

@@ -47,6 +47,13 @@ def test_bissl_and_baseline_paths_write_metrics_and_reuse_stages(tmp_path: Path)
     saved = json.loads((tmp_path / "bissl" / "metrics.json").read_text())
     assert saved["method"] == "bissl" and saved["metrics"]["test_top1"] == m["test_top1"]
     assert (tmp_path / "bissl" / "bissl" / "checkpoints" / "last.pt").is_file()
+    from bissl.curves import read_rows
+
+    rows = read_rows(tmp_path / "bissl" / "bissl" / "metrics.csv")
+    assert [r["step"] for r in rows] == [1.0, 2.0]  # one row per alternation
+    assert {"pretext_loss", "upper_loss", "cg_rel_residual", "val_acc", "val_acc_d"} <= set(rows[1])
+    png = (tmp_path / "bissl" / "bissl" / "curves.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 10_000
     b = pipeline.run_baseline(
         cfg, tmp_path / "base", progress=False, pretext_cache=tmp_path / "pre"
     )

@@ -107,3 +107,30 @@ def test_bad_episode_shapes():
         sample_episodes(ds, 2, 5, 15, 1)
     with pytest.raises(UserError, match="classifier"):
         evaluate_fewshot(nn.Flatten(), ds, 2, 1, 1, episodes=1, classifier="knn")
+
+
+def test_track_features_do_not_depend_on_batching_and_batch_policy_is_warned():
+    """A class-ordered set embedded class by class: running statistics give the same features
+    as one big batch; batch statistics (bn: batch) do not, and are warned about."""
+    import warnings
+
+    from bmssl.data import TensorImageDataset
+    from bmssl.evaluate import embed_dataset
+    from bmssl.nets import build_backbone
+
+    gen = torch.Generator().manual_seed(0)
+    images = (torch.rand(40, 1, 16, 16, generator=gen) * 255).to(torch.uint8)
+    images[20:] = images[20:] // 2  # the second class is darker: its own batch statistics differ
+    data = TensorImageDataset(images, [0] * 20 + [1] * 20, ["a", "b"])
+    for policy in ("track", "batch"):
+        net = build_backbone("conv4", 1, policy, 4, 16)
+        net.train()
+        net(data.get_batch(range(40)))  # one training forward: running statistics move
+        net.eval()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            whole = embed_dataset(net, data, batch_size=40)
+            by_class = embed_dataset(net, data, batch_size=20)
+        same = torch.allclose(whole, by_class, atol=1e-5)
+        assert same == (policy == "track")
+        assert bool(caught) == (policy == "batch")

@@ -16,10 +16,27 @@ def test_conv_backbones_output_dims(name, size, channels, dim):
     assert out.shape == (2, dim) == (2, net.out_dim)
 
 
-def test_resnet18_cifar_stem():
-    net = build_backbone("resnet18", 3, "batch")
+def test_resnet18_cifar_stem_and_standard_stems():
+    net = build_backbone("resnet18-cifar", 3, "batch")
     assert net(torch.randn(2, 3, 32, 32)).shape == (2, 512)
     assert isinstance(net.maxpool, nn.Identity)
+    std = build_backbone("resnet18", 3, "batch")
+    assert std.conv1.stride == (2, 2) and isinstance(std.maxpool, nn.MaxPool2d)
+    assert std(torch.randn(2, 3, 64, 64)).shape == (2, 512)
+    assert build_backbone("resnet50", 1, "track").out_dim == 2048
+
+
+def test_registered_backbone_is_buildable():
+    from bmssl.nets import backbone_names, register_backbone
+
+    @register_backbone("test-linear")
+    def linear(in_channels, bn, width, image_size):
+        net = nn.Sequential(nn.Flatten(), nn.Linear(in_channels * image_size**2, width))
+        net.out_dim = width
+        return net
+
+    assert "test-linear" in backbone_names()
+    assert build_backbone("test-linear", 1, "none", 5, 8)(torch.zeros(3, 1, 8, 8)).shape == (3, 5)
 
 
 def test_bn_policies():

@@ -41,6 +41,15 @@ TINY_BISSL = {
     "eval_every": 1,
     "cg.iters": 2,
 }
+#: what Ray or Tune print that --quiet must keep off the terminal
+RAY_CHATTER = (
+    "Checkpoint successfully created",
+    "(run_trial pid=",
+    "Trial status:",
+    "Configuration for experiment",
+    "View detailed results",
+    " INFO ",
+)
 
 
 def as_tokens(values: dict[str, Any]) -> list[str]:

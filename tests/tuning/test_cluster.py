@@ -8,8 +8,10 @@ their own (``ray start --block``) and are stopped by those groups' ids, not with
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -20,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.tuning.helpers import TINY_BMSSL, as_tokens
+from tests.tuning.helpers import RAY_CHATTER, TINY_BMSSL, as_tokens
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -58,10 +60,8 @@ def _stop(nodes: list[subprocess.Popen], temp_dir: Path) -> None:
     process still naming this test's temp dir (all of them started by this test)."""
     for sig, wait in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 1.0)):
         for node in reversed(nodes):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(node.pid, sig)
-            except ProcessLookupError:
-                pass
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline and any(n.poll() is None for n in nodes):
             time.sleep(0.2)
@@ -73,15 +73,11 @@ def _stop(nodes: list[subprocess.Popen], temp_dir: Path) -> None:
         except OSError:
             continue
         if str(temp_dir) in cmdline:
-            try:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(int(entry.name), signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
     for node in nodes:
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             node.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
 
 
 @pytest.mark.ray
@@ -133,9 +129,11 @@ def test_search_runs_to_completion_on_a_two_node_cluster(tmp_path):
         output = search.stdout + search.stderr
         assert search.returncode == 0, output[-3000:]
         assert "5/5 trials finished" in search.stdout
+        assert not [c for c in RAY_CHATTER if c in output], output[-3000:]  # --quiet
         spec = json.loads((storage / "bmssl-bmssl-delta" / "tuning_spec.json").read_text())
         assert spec["scheduler"] == "asha"
         assert spec["sessions"][-1]["cluster"] == {"nodes": 2, "cpus": 2.0, "gpus": 0.0}
         assert (storage / "bmssl-bmssl-delta" / "report" / "best_config.yaml").is_file()
     finally:
         _stop(nodes, temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)

@@ -21,9 +21,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from bmssl.config import load_config
 from bmssl.errors import UserError
 from bmssl.methods import get_method
-from tests.tuning.helpers import TINY_BISSL, TINY_BMSSL, as_tokens, register_toy
+from tests.tuning.helpers import RAY_CHATTER, TINY_BISSL, TINY_BMSSL, as_tokens, register_toy
 from tuning.__main__ import main
 from tuning.plan import SearchRequest
 from tuning.records import load_records
@@ -31,8 +32,6 @@ from tuning.search import run_search
 from tuning.storage import location_of
 
 REPO = Path(__file__).resolve().parents[2]
-#: lines Ray or Tune print that --quiet must keep off the terminal
-RAY_CHATTER = ("Checkpoint successfully created", "(run_trial pid=", "Trial status:", "INFO")
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +152,7 @@ def test_bmssl_delta_search_runs_two_seeds_per_arm_on_a_file_uri(local_ray, tmp_
     assert all(r.step == 2 and [h["step"] for h in r.history] == [1, 2] for r in records)
     report = outcome.experiment_dir / "report"
     assert "## Arms" in (report / "summary.md").read_text()
-    best = load_config_file(BMSSLConfig, report / "best_config.yaml")
+    best = load_config(BMSSLConfig, report / "best_config.yaml")
     assert best.bootstrap_steps == outcome.best.params["bootstrap_steps"]
     assert best.seed == outcome.best.seed and best.width == 4
     assert (report / "accuracy_vs_params.png").stat().st_size > 1000
@@ -174,12 +173,6 @@ def test_bmssl_delta_search_runs_two_seeds_per_arm_on_a_file_uri(local_ray, tmp_
     (report / "trials.csv").unlink()
     assert main(["report", f"file://{outcome.experiment_dir}"]) == 0
     assert len(list(csv.DictReader((report / "trials.csv").open()))) == 10
-
-
-def load_config_file(cls, path):
-    from bmssl.config import load_config
-
-    return load_config(cls, path)
 
 
 @pytest.mark.ray
@@ -212,7 +205,7 @@ def test_bissl_searches_optimise_the_fine_tuned_accuracy(local_ray, tmp_path):
     best_yaml = outcome.experiment_dir / "report" / "best_config.yaml"
     tuned = yaml.safe_load(best_yaml.read_text())
     assert tuned["bilevel"]["lam"] == pytest.approx(outcome.best.params["bilevel.lam"])
-    best = load_config_file(BiSSLConfig, best_yaml)
+    best = load_config(BiSSLConfig, best_yaml)
     assert best.bilevel.gamma == outcome.best.params["bilevel.gamma"]
     assert "fine-tuned" in (outcome.experiment_dir / "report" / "summary.md").read_text()
 
