@@ -56,10 +56,10 @@ from bissl.objectives import (  # noqa: E402
     pretext_loss_of_backbone,
 )
 from bissl.pipeline import pretext_encoder  # noqa: E402
+from bmssl.checkpoints import seed_everything  # noqa: E402
 from bmssl.config import config_from_dict  # noqa: E402
 from bmssl.data import SSLViews  # noqa: E402
 from bmssl.errors import UserError, cli_entry  # noqa: E402
-from bmssl.checkpoints import seed_everything  # noqa: E402
 from bmssl.io import write_json  # noqa: E402
 from bmssl.pretrain import load_split  # noqa: E402
 

@@ -39,8 +39,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bmssl.errors import cli_entry  # noqa: E402
 from bmssl.checkpoints import seed_everything  # noqa: E402
+from bmssl.errors import cli_entry  # noqa: E402
 from bmssl.io import write_json  # noqa: E402
 from bmssl.losses import nt_xent  # noqa: E402
 from bmssl.meta import BMSSLConfig, meta_gradient, model_for_backend  # noqa: E402

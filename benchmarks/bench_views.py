@@ -42,9 +42,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bmssl.checkpoints import seed_everything  # noqa: E402
 from bmssl.data import SSLViews, get_dataset  # noqa: E402
 from bmssl.errors import cli_entry  # noqa: E402
-from bmssl.checkpoints import seed_everything  # noqa: E402
 from bmssl.io import write_json  # noqa: E402
 from bmssl.tasks import TaskSampler  # noqa: E402
 

@@ -17,7 +17,6 @@ import pytest
 import torch
 
 import bmssl.io as bio
-from bmssl.errors import CheckpointError, UnsafeCheckpointError, UserError, cli_entry
 from bmssl.checkpoints import (
     latest_checkpoint,
     load_checkpoint,
@@ -28,6 +27,7 @@ from bmssl.checkpoints import (
     set_rng_state,
     upgrade_checkpoint,
 )
+from bmssl.errors import CheckpointError, UnsafeCheckpointError, UserError, cli_entry
 from bmssl.io import current_umask, ensure_writable_dir, write_text
 from bmssl.runlock import RunLock
 
