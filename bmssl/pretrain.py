@@ -118,14 +118,14 @@ class FewShotValidation:
 
     config: Any
     encoder: Encoder
-    val_set: ImageDataset
+    val_set: ImageDataset | None
     device: torch.device
 
     def build_data_and_encoder(self) -> None:
         """Load the train/val splits and the encoder sized for them, on ``self.device``; check
         that the val split holds the validation episodes before any training starts."""
         self.train_set = load_split(self.config, "train")
-        self.val_set: ImageDataset | None = None
+        self.val_set = None
         if self.config.train_protocol == "fewshot":
             self.val_set = load_split(self.config, "val")
             check_episode_shape(

@@ -159,9 +159,9 @@ def read_saved_hf(
     except FileNotFoundError as err:
         raise DataNotFoundError(f"no Hugging Face dataset saved at {str(path)!r} ({err})") from None
     except (ValueError, KeyError, TypeError, OSError) as err:  # damaged metadata or arrow files
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise UserError(
-            f"the Hugging Face dataset saved at {str(path)!r} is damaged ({first}); save it "
+            f"the Hugging Face dataset saved at {str(path)!r} is damaged ({reason}); save it "
             "again with save_to_disk or point at another folder"
         ) from None
     tables, part = _members(loaded, path, pool)
