@@ -28,6 +28,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bmssl.cli import parse_args
+from bmssl.config import options_help
 from bmssl.errors import UserError, cli_entry
 from reproduce.profiles import BiSSLTableProfile, load_profile, seed_overrides, table_parser
 from reproduce.tables import (
@@ -50,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
         "bissl",
         "results/bissl_table",
         "key=value overrides set BiSSL options of every cell (dotted, e.g. bilevel.lam=0.01 "
-        "finetune.steps=200); profile fields are set with --config FILE",
+        "finetune.steps=200; python -m bissl run --help lists them); profile fields are set with "
+        f"--config FILE:\n{options_help(BiSSLTableProfile)}",
         "local root of a downstream dataset, or pretext=PATH for the pretext set",
     )
 

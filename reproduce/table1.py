@@ -30,6 +30,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bmssl.cli import parse_args
+from bmssl.config import options_help
 from bmssl.errors import UserError, cli_entry
 from reproduce.profiles import Table1Profile, load_profile, seed_overrides, table_parser
 from reproduce.tables import CellCache, fingerprint, parse_key_values, prepare_run_dir
@@ -43,8 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
         __doc__ or "",
         "table1",
         "results/table1",
-        "key=value overrides set fields of the profile (reproduce.profiles.Table1Profile), "
-        "e.g. episodes=2000 classifier=logreg",
+        "key=value overrides set fields of the profile, e.g. episodes=2000 classifier=logreg; "
+        f"options of reproduce.profiles.Table1Profile:\n{options_help(Table1Profile)}",
         "a dataset's local root",
     )
     parser.add_argument("--reference", help="the row other rows are compared with")

@@ -85,12 +85,10 @@ def assemble(plan: Any, cells: Cells, elapsed: float) -> Table:
                 table.set(ref["method"], col, f"{value:.2f}")
         table.notes[ref["method"]] = ref["source"]
 
+    # Every method keeps its place (and colour) even without a curve (random init), so the two
+    # figures colour the methods alike.
     curves = {
-        d: {
-            labels[m]: [cells[m, d, s]["curve"] for s in seeds]  # type: ignore[index]
-            for m in methods
-            if any(cells[m, d, s]["curve"] for s in seeds)  # type: ignore[index]
-        }
+        d: {labels[m]: [cells[m, d, s]["curve"] for s in seeds] for m in methods}  # type: ignore[index]
         for d in datasets
     }
     table.write(
