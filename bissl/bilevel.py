@@ -144,7 +144,9 @@ class BiSSLTrainer(Trainer):
         kw = {"seed": cfg.seed, "rank": self.rank, "world": self.world}
         self.lower_stream = BatchStream(len(self.pretext_set), bil.lower_batch_size, stream=1, **kw)
         self.hvp_stream = BatchStream(len(self.pretext_set), bil.lower_batch_size, stream=2, **kw)
-        self.upper_stream = BatchStream(len(self.train_set), bil.batch_size, stream=3, **kw)
+        # A low-label train split may hold fewer images than a batch: take them all.
+        upper_batch = min(bil.batch_size, len(self.train_set) // self.world)
+        self.upper_stream = BatchStream(len(self.train_set), upper_batch, stream=3, **kw)
         self.cg_settings = cfg.cg.settings()
         self.cg_x: tuple[torch.Tensor, ...] | None = None
         self.last_cg: CGResult | None = None

@@ -310,3 +310,25 @@ def test_ddp_two_processes_apply_the_all_reduced_hypergradient(tmp_path: Path) -
     got = flatten(r0["after_upper"])
     assert r0["logs"]["cg_rel_residual"] < 1e-9, r0["logs"]
     torch.testing.assert_close(got, expected, rtol=1e-7, atol=1e-9)
+
+
+def test_low_label_train_split_is_seeded_and_smaller_than_a_batch() -> None:
+    """labels_per_class keeps that many training images per class (seeded); a split smaller
+    than the upper batch is used whole instead of failing."""
+    from bissl.batches import downstream_split
+
+    cfg = tiny({"labels_per_class": 2, "bilevel.batch_size": 32, "bilevel.alternations": 1})
+    train = downstream_split(cfg, "train")
+    assert len(train) == 2 * train.num_classes
+    assert torch.bincount(train.labels(), minlength=train.num_classes).tolist() == [2] * 10
+    again = downstream_split(cfg, "train")
+    assert torch.equal(train.get_batch(range(len(train))), again.get_batch(range(len(again))))
+    other = downstream_split(config_from_dict(BiSSLConfig, {"seed": 1}, base=cfg), "train")
+    assert not torch.equal(train.get_batch(range(20)), other.get_batch(range(20)))
+    assert len(downstream_split(cfg, "val")) > len(train)  # val and test stay whole
+    metrics = BiSSLTrainer(cfg, progress=False).fit()
+    assert metrics["step"] == 1.0
+    with pytest.raises(UserError, match="labels_per_class"):
+        downstream_split(
+            config_from_dict(BiSSLConfig, {"labels_per_class": 10_000}, base=cfg), "train"
+        )
