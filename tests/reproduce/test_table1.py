@@ -96,7 +96,7 @@ def test_ctrl_c_stops_the_workers_and_a_rerun_finishes(tmp_path, profile):
     """SIGINT to a --jobs 2 run: exit 130 with one line, no traceback, workers gone; the same
     command again completes the table (finished cells are kept)."""
     profile.write_text(
-        TINY_PROFILE.replace("steps: 3, eval_every: 3", "steps: 400, eval_every: 50")
+        TINY_PROFILE.replace("steps: 3, eval_every: 3", "steps: 50000, eval_every: 50")
     )
     out = tmp_path / "res"
     cmd = [sys.executable, str(SCRIPT), "--profile", str(profile), "--out", str(out), "--quiet"]

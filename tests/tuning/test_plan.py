@@ -32,7 +32,7 @@ SEARCH = ["search", "bmssl", "--space", "bmssl-delta"]
         ([*SEARCH, "--out", "ftp://host/x"], "URI with scheme 'ftp'"),
         ([*SEARCH, "--storage", "file://relative/x"], "absolute path"),
         ([*SEARCH, "nope=1"], "unknown BMSSLConfig"),
-        ([*SEARCH, "steps"], "unrecognized arguments: steps"),
+        ([*SEARCH, "steps"], "steps: options are key=value"),
         ([*SEARCH, "--seeds", "a,b"], "comma-separated"),
         ([*SEARCH, "--config", "/no/such.yaml"], "exist"),
         ([*SEARCH, "--config", "huge"], "config file 'huge' does not exist"),
