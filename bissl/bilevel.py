@@ -34,6 +34,7 @@ from bmssl.checkpoints import load_checkpoint, seed_everything
 from bmssl.data import SSLViews
 from bmssl.errors import UserError
 from bmssl.nets import Encoder
+from bmssl.precision import autocast
 from bmssl.pretrain import check_same_settings, encoder_for, load_split
 from bmssl.trainer import Trainer
 
@@ -183,10 +184,14 @@ class BiSSLTrainer(Trainer):
         cfg = self.config
         x1, x2 = self._pretext_pair(self.lower_stream)
         self.encoder_p.train()
-        loss, parts = lower_objective(
-            self.encoder_p, self.model_d.backbone, x1, x2, cfg.bilevel.lam,
-            cfg.pretext.temperature, model=self.lower_model, gather=cfg.bilevel.gather_negatives,
-        )  # fmt: skip
+        # The lower level is first order: it follows the pretext stage's precision (the
+        # Hessian-vector products of the upper step stay float32).
+        with autocast(self.device, cfg.pretext.precision):
+            loss, parts = lower_objective(
+                self.encoder_p, self.model_d.backbone, x1, x2, cfg.bilevel.lam,
+                cfg.pretext.temperature, model=self.lower_model,
+                gather=cfg.bilevel.gather_negatives,
+            )  # fmt: skip
         self.lower_opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.encoder_p.parameters(), cfg.bilevel.clip)

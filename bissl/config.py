@@ -16,6 +16,7 @@ from typing import Any
 from bissl.hypergrad import CG_MODES, HVP_BACKENDS, CGSettings
 from bmssl.data.views import STRENGTHS
 from bmssl.errors import UserError, check_choice, check_nonnegative, check_positive
+from bmssl.precision import PRECISIONS
 from bmssl.simclr import SimCLRConfig
 
 
@@ -133,9 +134,11 @@ class FinetuneConfig:
     batch_size: int = 64
     augment: str = "none"
     clip: float = 10.0
+    precision: str = "fp32"  # "bf16": autocast the fine-tuning forward pass
 
     def validate(self) -> None:
         check_choice("finetune.augment", self.augment, STRENGTHS)
+        check_choice("finetune.precision", self.precision, PRECISIONS)
         for name in ("lr", "batch_size", "clip"):
             check_positive(f"finetune.{name}", getattr(self, name))
         _nonnegative(self, "finetune.", "steps", "wd")

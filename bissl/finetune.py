@@ -23,6 +23,7 @@ from bmssl.data import SSLViews
 from bmssl.data.base import ImageDataset
 from bmssl.errors import UserError
 from bmssl.evaluate import embed_dataset
+from bmssl.precision import autocast
 from bmssl.trainer import resolve_device
 
 if TYPE_CHECKING:
@@ -135,7 +136,9 @@ def finetune(
     for step in range(steps):
         idx = stream.next()
         x = augment(train_set.get_batch(idx)).to(device)
-        loss = downstream_loss(net(x), labels[idx].to(device))
+        with autocast(device, settings.precision):
+            logits = net(x).float()
+        loss = downstream_loss(logits, labels[idx].to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), settings.clip)

@@ -89,6 +89,12 @@ class BMSSLConfig(RunConfig):
             if getattr(self, name) < 0:
                 raise UserError(f"{name} must be >= 0, got {getattr(self, name)}")
         check_nonnegative("beta", self.beta)
+        if self.precision != "fp32":
+            raise UserError(
+                f"precision={self.precision} is not available for BMSSL: its meta-gradient "
+                "differentiates through the inner steps, which float32 already rounds for long "
+                "unrolls; use precision=fp32"
+            )
         if self.bootstrap_steps == 0 and self.beta == 0:
             raise UserError(
                 "bootstrap_steps=0 and beta=0 leave no meta-objective; "

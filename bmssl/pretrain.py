@@ -22,6 +22,7 @@ from bmssl.data.base import ImageDataset, SubsetByClass
 from bmssl.errors import UserError, check_choice, check_positive
 from bmssl.evaluate import check_episode_shape, evaluate_fewshot
 from bmssl.nets import BN_POLICIES, Encoder, backbone_names, build_encoder
+from bmssl.precision import PRECISIONS, to_device
 
 #: query images per class of a validation episode
 VAL_QUERIES = 15
@@ -47,6 +48,7 @@ class RunConfig:
     num_train_images: int | None = None  # None = the whole training split
     log_every: int = 10  # steps per row of metrics.csv (losses averaged over the interval)
     train_protocol: str = "fewshot"  # "unlabeled": train on every image, no few-shot validation
+    precision: str = "fp32"  # "bf16": autocast the forward pass of first-order steps
     device: str = "auto"
     seed: int = 0
 
@@ -60,6 +62,7 @@ class RunConfig:
         check_choice("backbone", self.backbone, backbone_names())
         check_choice("bn", self.bn, BN_POLICIES)
         check_choice("train_protocol", self.train_protocol, ("fewshot", "unlabeled"))
+        check_choice("precision", self.precision, PRECISIONS)
         for name in ("image_size", "width", "proj_hidden", "proj_dim", "steps", "eval_episodes"):
             check_positive(name, getattr(self, name))
         check_positive("eval_k_shot", self.eval_k_shot)
@@ -132,7 +135,7 @@ class FewShotValidation:
                 self.val_set, self.config.eval_n_way, self.config.eval_k_shot, VAL_QUERIES,
                 names=("eval_n_way", "eval_k_shot", "queries per class"),
             )  # fmt: skip
-        self.encoder = encoder_for(self.train_set, self.config).to(self.device)
+        self.encoder = to_device(encoder_for(self.train_set, self.config), self.device)
 
     def validate(self) -> dict[str, float]:
         if self.val_set is None:  # unlabeled pretext data: nothing held out to validate on

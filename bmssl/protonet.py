@@ -14,6 +14,7 @@ import torch
 
 from bmssl.errors import check_positive
 from bmssl.losses import prototype_cross_entropy
+from bmssl.precision import autocast
 from bmssl.pretrain import EncoderState, FewShotValidation, RunConfig
 from bmssl.trainer import Trainer
 
@@ -68,7 +69,8 @@ class ProtoNetTrainer(EncoderState, FewShotValidation, Trainer):
         (ep,) = sample_episodes(self.train_set, self.n_way, cfg.k_shot, cfg.n_query, 1, seed)
         self.encoder.train()
         images = self.train_set.get_batch(np.concatenate([ep.support, ep.query]))
-        feats = self.encoder.backbone(images.to(self.device))
+        with autocast(self.device, cfg.precision):
+            feats = self.encoder.backbone(images.to(self.device)).float()
         s = len(ep.support)
         loss = prototype_cross_entropy(
             feats[:s],

@@ -14,6 +14,7 @@ import torch
 from bmssl.data import SSLViews
 from bmssl.errors import UserError, check_choice, check_nonnegative, check_positive
 from bmssl.losses import nt_xent
+from bmssl.precision import autocast
 from bmssl.pretrain import EncoderState, FewShotValidation, RunConfig
 from bmssl.trainer import Trainer
 
@@ -75,8 +76,9 @@ class SimCLRTrainer(EncoderState, FewShotValidation, Trainer):
         images = self.train_set.get_batch(idx.numpy())
         v1, v2 = self.views.pair(images)
         self.encoder.train()
-        z = self.encoder(torch.cat([v1, v2]).to(self.device, non_blocking=True))
-        loss = nt_xent(z[: len(idx)], z[len(idx) :], self.config.temperature)
+        with autocast(self.device, self.config.precision):
+            z = self.encoder(torch.cat([v1, v2]).to(self.device, non_blocking=True))
+            loss = nt_xent(z[: len(idx)].float(), z[len(idx) :].float(), self.config.temperature)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()

@@ -38,6 +38,7 @@ from torch import nn
 from bmssl.checkpoints import load_checkpoint, save_checkpoint, seed_everything
 from bmssl.errors import NonFiniteLossError, UserError
 from bmssl.io import write_json, write_text
+from bmssl.precision import configure_device
 
 DEFAULT_LOG_EVERY = 10
 
@@ -132,6 +133,7 @@ class Trainer:
         self.best_val: float | None = None
         self._resumed: bool | None = None
         self.device = resolve_device(str(getattr(config, "device", "cpu")))
+        configure_device(self.device)
         seed_everything(int(getattr(config, "seed", 0)))
 
     # -- to implement -------------------------------------------------------------------------

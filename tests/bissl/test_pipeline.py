@@ -105,3 +105,17 @@ def test_cli_runs_baseline_and_rejects_bad_options(tmp_path: Path, capsys) -> No
     with pytest.raises(SystemExit) as exc:
         bissl_main(["--help"])
     assert exc.value.code == 0
+
+
+def test_bf16_lower_level_and_finetune_run() -> None:
+    """pretext.precision and finetune.precision = bf16 autocast the first-order stages; the
+    upper step's Hessian-vector products stay float32 (its CG residual is still computed)."""
+    from bissl.bilevel import BiSSLTrainer
+
+    cfg = tiny({"pretext.precision": "bf16", "finetune.precision": "bf16"})
+    trainer = BiSSLTrainer(cfg, progress=False)
+    logs = trainer.train_step(0)
+    assert all(torch.isfinite(torch.tensor(v)) for v in logs.values())
+    splits = pipeline.load_splits(cfg)
+    metrics = finetune(trainer.encoder_p.backbone, cfg, splits["train"], splits["val"], steps=2)
+    assert 0.0 <= metrics["val_acc"] <= 100.0

@@ -117,3 +117,28 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path):
     (tmp_path / "step_2.pt").touch()
     (tmp_path / "step_10.pt").touch()
     assert latest_checkpoint(tmp_path).name == "step_10.pt"
+
+
+def test_bf16_first_order_steps_train_and_second_order_refuses():
+    """precision=bf16 autocasts SimCLR's and ProtoNet's forward passes (finite losses, float32
+    weights); BMSSL's meta-gradient refuses it with a message saying why."""
+    import pytest
+
+    from bmssl.config import load_config
+    from bmssl.errors import UserError
+    from bmssl.meta import BMSSLConfig
+
+    simclr = SimCLRTrainer(
+        SimCLRConfig(steps=2, eval_every=2, precision="bf16", **TINY), progress=False
+    )
+    proto = ProtoNetTrainer(
+        ProtoNetConfig(steps=2, eval_every=2, n_way=5, precision="bf16", dataset="digits", width=8,
+                       proj_hidden=16, proj_dim=8, eval_episodes=10),
+        progress=False,
+    )  # fmt: skip
+    for trainer in (simclr, proto):
+        logs = trainer.train_step(0)
+        assert torch.isfinite(torch.tensor(logs["loss"]))
+        assert all(p.dtype == torch.float32 for p in trainer.encoder.parameters())
+    with pytest.raises(UserError, match="precision=bf16 is not available for BMSSL"):
+        load_config(BMSSLConfig, None, ["precision=bf16"])
