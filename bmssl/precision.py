@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -37,7 +38,10 @@ def configure_device(device: torch.device) -> None:
         torch.backends.cudnn.allow_tf32 = True
 
 
-def to_device(module: nn.Module, device: torch.device) -> nn.Module:
+M = TypeVar("M", bound=nn.Module)
+
+
+def to_device(module: M, device: torch.device) -> M:
     """``module`` on ``device``, in channels-last memory format on CUDA (faster convolutions)."""
     module = module.to(device)
     if device.type == "cuda":

@@ -112,7 +112,7 @@ def test_ctrl_c_stops_the_workers_and_a_rerun_finishes(tmp_path, profile):
     children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
     workers = children.read_text().split() if children.is_file() else []
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=180)
     assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err, err
     time.sleep(0.5)
     alive = [w for w in workers if Path(f"/proc/{w}").exists() and "Z" not in _state(w)]
