@@ -1,12 +1,12 @@
-"""Run a table's jobs in this process or in spawned worker processes, one process per job.
+"""Run a table's jobs in this process or in spawned worker processes.
 
 Each job's result reaches ``on_done`` as soon as it finishes, so a killed run loses no finished
-job (every checkpoint and cell is written atomically). Ctrl-C (or any error) terminates the
-workers at once.
+job (every checkpoint and cell is written atomically). Ctrl-C (or any error) kills the workers
+at once.
 
-One process per job rather than ``multiprocessing.Pool``: ``Pool.terminate`` first takes the
-task queue's read lock, which an idle worker waiting for a task holds, so an interrupted pool
-can hang; here the parent owns every process and kills it directly.
+Hand-made rather than ``multiprocessing.Pool``: ``Pool.terminate`` first takes the task queue's
+read lock, which an idle worker waiting for a task holds, so an interrupted pool can hang; here
+the parent only writes tasks and reads results, and kills its workers directly.
 """
 
 from __future__ import annotations
@@ -19,16 +19,19 @@ from typing import Any, TypeVar
 J = TypeVar("J")
 
 
-def _worker(run: Callable[[Any], Any], job: Any, index: int, results: Any) -> None:
-    """A worker's whole life: run one job, put ``(index, ok, result or error text)``."""
+def _worker(run: Callable[[Any], Any], tasks: Any, results: Any) -> None:
+    """A worker: run ``(index, job)`` tasks until ``None``, putting ``(index, ok, payload)``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    try:
-        results.put((index, True, run(job)))
-    except BaseException as err:  # noqa: BLE001 - reported to the parent, which re-raises
-        from bmssl.errors import UserError
+    while (task := tasks.get()) is not None:
+        index, job = task
+        try:
+            results.put((index, True, run(job)))
+        except BaseException as err:  # noqa: BLE001 - reported to the parent, which re-raises
+            from bmssl.errors import UserError
 
-        message = str(err) if isinstance(err, UserError) else traceback.format_exc()
-        results.put((index, False, (isinstance(err, UserError), message)))
+            message = str(err) if isinstance(err, UserError) else traceback.format_exc()
+            results.put((index, False, (isinstance(err, UserError), message)))
+            return
 
 
 def run_jobs(
@@ -56,35 +59,39 @@ def run_jobs(
     from bmssl.errors import UserError
 
     context = multiprocessing.get_context("spawn")
-    results = context.Queue()
+    tasks, results = context.Queue(), context.Queue()
     ordered = sorted(jobs, key=lambda j: -cost(j))
-    pending = list(enumerate(ordered))
-    running: dict[int, Any] = {}
+    for task in enumerate(ordered):
+        tasks.put(task)
+    count = min(workers, len(ordered))
+    for _ in range(count):
+        tasks.put(None)
+    processes = [context.Process(target=_worker, args=(run, tasks, results)) for _ in range(count)]
     try:
-        while pending or running:
-            while pending and len(running) < workers:
-                index, job = pending.pop(0)
-                process = context.Process(target=_worker, args=(run, job, index, results))
-                process.start()
-                running[index] = process
-            try:
-                index, ok, payload = results.get(timeout=1.0)
-            except queue.Empty:
-                dead = [i for i, p in running.items() if p.exitcode not in (None, 0)]
-                if dead:  # killed (e.g. out of memory) before it could report
-                    code = running[dead[0]].exitcode
-                    raise RuntimeError(f"a worker process died with exit code {code}") from None
-                continue
-            running.pop(index).join()
+        for process in processes:
+            process.start()
+        for _ in ordered:
+            while True:
+                try:
+                    index, ok, payload = results.get(timeout=1.0)
+                    break
+                except queue.Empty:
+                    dead = [p.exitcode for p in processes if p.exitcode not in (None, 0)]
+                    if dead:  # killed (e.g. out of memory) before it could report
+                        raise RuntimeError(
+                            f"a worker process died with exit code {dead[0]}"
+                        ) from None
             if not ok:
                 is_user_error, message = payload
                 raise UserError(message) if is_user_error else RuntimeError(message)
             on_done(ordered[index], payload)
     finally:
-        for process in running.values():
-            process.kill()
-        for process in running.values():
-            process.join()
+        for process in processes:
+            if process.is_alive():
+                process.kill()
+        for process in processes:
+            if process.pid is not None:
+                process.join()
 
 
 def spread_devices(device: str, index: int) -> str:

@@ -100,9 +100,11 @@ def test_ctrl_c_stops_the_workers_and_a_rerun_finishes(tmp_path, profile):
     )
     out = tmp_path / "res"
     cmd = [sys.executable, str(SCRIPT), "--profile", str(profile), "--out", str(out), "--quiet"]
+    # A shell runs background jobs with SIGINT ignored, and Python keeps an ignored SIGINT
+    # ignored: restore the default so the run gets the Ctrl-C whatever launched the tests.
     proc = subprocess.Popen(
         [*cmd, "--jobs", "2"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True,
+        text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     history = out / "tiny" / "runs" / "simclr" / "digits" / "seed0" / "history.json"
     deadline = time.monotonic() + 120

@@ -96,9 +96,11 @@ def test_killed_then_interrupted_then_resumed_search_finishes_every_trial(local_
     ):
         log = tmp_path / f"session{session}.log"
         with log.open("w") as out:
+            # SIGINT's default restored: a shell's background jobs inherit it ignored.
             driver = subprocess.Popen(
-                [*cmd, *extra], cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT
-            )
+                [*cmd, *extra], cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT,
+                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+            )  # fmt: skip
             seen = sum(map(len, _result_lines(experiment).values()))
             _wait_for_new_report(driver, experiment, seen, log)
             driver.send_signal(sig)
