@@ -5,8 +5,9 @@ A method subclasses :class:`Trainer` and supplies ``train_step``, ``validate``, 
 and ``load_state_dict`` (and ``backbone``, the network it pre-trains). ``fit`` then runs
 ``config.steps`` steps and keeps the run record in ``out_dir``:
 
-- ``metrics.csv``: every ``config.log_every`` steps a row of the training logs averaged over
-  the interval (not the last step's), plus the validation metrics on validation rows;
+- ``metrics.csv`` (rewritten at each validation): every ``config.log_every`` steps a row of the
+  training logs averaged over the interval (not the last step's), plus the validation metrics on
+  validation rows;
 - TensorBoard events under ``tb/`` when ``torch.utils.tensorboard`` or ``tensorboardX`` is
   installed;
 - every ``config.eval_every`` steps (and at the last step): validation, ``history.json``, an
@@ -284,8 +285,6 @@ class Trainer:
             for key, value in row.items():
                 if key != "step" and math.isfinite(value):
                     writer.add_scalar(key, value, self.step)
-        if self.out_dir is not None:
-            write_text(self.out_dir / "metrics.csv", self.record.csv_text())
 
     def _save_all(self, metrics: dict[str, float]) -> Path | None:
         if self.out_dir is None:
@@ -298,6 +297,10 @@ class Trainer:
         if improved:
             self.save(self.best_path)
         write_json(self.out_dir / "history.json", self.history)
+        # Written with each checkpoint, not each row: rewriting the whole file every log_every
+        # steps costs O(rows²) over a long run, and the rows after the last checkpoint are
+        # replayed by a resume anyway.
+        write_text(self.out_dir / "metrics.csv", self.record.csv_text())
         return path
 
 
