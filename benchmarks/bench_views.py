@@ -19,6 +19,7 @@ configured dataset for the steps.
 
     python benchmarks/bench_views.py            # batch 256, 7 repeats
     python benchmarks/bench_views.py --quick    # a smoke run
+    python benchmarks/bench_views.py --profile  # also where the batched 84-px path spends its time
 
 Writes ``benchmarks/results/bench_views.json`` (git-ignored); the last printed line is the
 84-px ratio.
@@ -208,10 +209,29 @@ def bmssl_row(args: argparse.Namespace) -> dict:
     }  # fmt: skip
 
 
+def profile_rows(args: argparse.Namespace, top: int = 12) -> list[dict]:
+    """The batched 84-px ``strong`` path's heaviest torch ops (self CPU time per call)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    strength, size, channels = VIEW_CASES[-1]
+    batch = torch.rand(args.batch, channels, size, size, generator=torch.Generator().manual_seed(0))
+    views, generator, calls = SSLViews(strength, size, channels), torch.Generator(), 5
+    views(batch, generator)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(calls):
+            views(batch, generator)
+    events = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:top]
+    return [
+        {"op": e.key, "ms_per_call": e.self_cpu_time_total / 1e3 / calls, "count": e.count // calls}
+        for e in events
+    ]
+
+
 def run(args: argparse.Namespace) -> dict:
     seed_everything(args.seed)
     rows = view_rows(args)
     steps = [] if args.no_steps else [simclr_row(args), bmssl_row(args)]
+    profiled = profile_rows(args) if args.profile else []
     return {
         "setup": {
             "batch": args.batch,
@@ -223,6 +243,7 @@ def run(args: argparse.Namespace) -> dict:
         },
         "views": rows,
         "steps": steps,
+        "profile": profiled,
         "ratios": {r["case"]: ratio(r, args.clock) for r in rows + steps},
     }
 
@@ -237,6 +258,8 @@ def report_lines(report: dict) -> list[str]:
             f"batched {ms['batched'][clock]:.4f} ms/view: {ratio(r, clock):5.1f}x "
             f"(cpu clock {ratio(r, 'cpu'):.1f}x)"
         )
+    for r in report["profile"]:
+        lines.append(f"  84px batched: {r['op']:36s} {r['ms_per_call']:7.3f} ms x{r['count']}")
     for r in report["steps"]:
         lines.append(
             f"{r['case']}: per-image {r['per_image'][f'{clock}_s']:.3f} s, batched "
@@ -260,6 +283,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--bmssl-config", type=Path, default=None, help="BMSSL YAML (default: the cpu preset)"
     )
     parser.add_argument("--no-steps", action="store_true", help="only the view cases")
+    parser.add_argument("--profile", action="store_true", help="top ops of the 84-px batched path")
     parser.add_argument("--quick", action="store_true", help="smoke run (batch 32, 1 repeat)")
     parser.add_argument(
         "--out", type=Path, default=ROOT / "benchmarks" / "results" / "bench_views.json"

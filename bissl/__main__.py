@@ -10,7 +10,8 @@ Options come from :class:`bissl.config.BiSSLConfig`, one section per stage (``pr
 ``warmup.lr``, ``bilevel.lam``, ``cg.mode``, ``finetune.lr``): defaults < ``--config`` (a
 preset: cpu, tiny, paper, paper-v1, paper-v2; or a YAML file) < ``key=value`` overrides.
 Outputs go to ``--out`` (default ``results/bissl/<dataset>/<command>/seed<seed>``); rerunning
-resumes.
+resumes. ``torchrun --standalone --nproc_per_node N -m bissl run|baseline|pretext`` trains the
+SimCLR and BiSSL stages data-parallel; rank 0 writes every file and fine-tunes.
 """
 
 from __future__ import annotations
@@ -58,24 +59,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     from bmssl.methods import get_method
 
     args = parse_args(build_parser(), argv)
-    refuse_multiprocess_launch()
+    if args.command == "print-config":
+        refuse_multiprocess_launch("`python -m bissl print-config`")
     config = get_method("bissl").load_config(args.config, args.overrides)
     if args.command == "print-config":
         print_config(config)
         return 0
+    from bmssl.distributed import is_main, process_group
+    from bmssl.trainer import resolve_device
+
     out = Path(args.out or f"results/bissl/{config.dataset}/{args.command}/seed{config.seed}")
     progress = not args.quiet
-    if args.command == "pretext":
-        from bissl.pipeline import pretext_encoder
+    with process_group(resolve_device(config.device)):
+        if args.command == "pretext":
+            from bissl.pipeline import pretext_encoder
 
-        _, path = pretext_encoder(config, None, out, progress)
-        print(json.dumps({"init_from": str(path)}))
-        return 0
-    from bissl.pipeline import run_method
+            _, path = pretext_encoder(config, None, out, progress)
+            if is_main():
+                print(json.dumps({"init_from": str(path)}))
+            return 0
+        from bissl.pipeline import run_method
 
-    metrics = run_method("bissl" if args.command == "run" else "baseline", config, out, progress)
-    json.dump(metrics, sys.stdout, indent=2, sort_keys=True)
-    print()
+        method = "bissl" if args.command == "run" else "baseline"
+        metrics = run_method(method, config, out, progress)
+        if is_main():
+            json.dump(metrics, sys.stdout, indent=2, sort_keys=True)
+            print()
     return 0
 
 

@@ -7,6 +7,14 @@ One ``train_step`` of :class:`bmssl.trainer.Trainer` is one alternation:
    (CG on (I + H/(λ+λ_damp)) x = v over a fresh pretext batch), grad-norm clip, SGD, cosine lr;
 3. every N_a alternations (N_a > 0): θ_D <- (1 − α) θ_D + α θ_P (backbone parameters).
 
+Each alternation logs, beside the losses, numbers that say how the two levels move (one row of
+``metrics.csv`` per alternation; :mod:`bissl.curves` draws them): the upper gradient norm before
+clipping and the fraction of upper steps clipped, cos(x, v) of the CG solution to its right-hand
+side, the CG residual and iterations, the lower gradient norm, ||θ_P − θ_D|| and the share of the
+proximal gradient in the lower gradient; ``validate`` adds the composite's accuracy with batch
+statistics (``val_acc_bs``) beside the eval-mode one; the first row holds the accuracies before
+the first alternation (``val_acc_start``, ``val_acc_d_start``).
+
 Under ``torch.distributed`` (one process per device) the lower model is wrapped in
 DistributedDataParallel, the upper gradients (v, every Hessian-vector product, the classic and head
 gradients) are all-reduced, so every process applies the same update; only rank 0 writes files.
@@ -25,12 +33,12 @@ from torch import nn
 
 from bissl.batches import BatchStream, downstream_split
 from bissl.config import BiSSLConfig
-from bissl.finetune import evaluate, headline, warmup_head
-from bissl.hypergrad import CGResult, all_reduce_mean, upper_gradients
+from bissl.finetune import evaluate, evaluate_batch_stats, headline, warmup_head
+from bissl.hypergrad import CGResult, all_reduce_mean, tree_norm, upper_gradients
 from bissl.lars import LARS
 from bissl.objectives import DownstreamModel, lower_objective
 from bissl.schedule import cosine_lambda
-from bmssl.checkpoints import load_checkpoint, seed_everything
+from bmssl.checkpoints import load_checkpoint, rng_state, seed_everything, set_rng_state
 from bmssl.data import SSLViews
 from bmssl.errors import UserError
 from bmssl.nets import Encoder
@@ -50,6 +58,25 @@ def _dist() -> tuple[int, int]:
     return 0, 1
 
 
+def parameter_groups(module: nn.Module) -> dict[str, list[torch.Tensor]]:
+    """Parameters of ``module`` by kind: ``conv`` (convolution weights and biases), ``bn_weight``
+    and ``bn_bias`` (BatchNorm affine), ``linear`` (fully connected layers, e.g. a head),
+    ``other``. Used to compare how far each kind moves (||Δθ_g|| / ||θ_g||)."""
+    groups: dict[str, list[torch.Tensor]] = {}
+    for mod in module.modules():
+        for name, p in mod.named_parameters(recurse=False):
+            if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+                kind = "bn_weight" if name == "weight" else "bn_bias"
+            elif isinstance(mod, nn.modules.conv._ConvNd):
+                kind = "conv"
+            elif isinstance(mod, nn.Linear):
+                kind = "linear"
+            else:
+                kind = "other"
+            groups.setdefault(kind, []).append(p)
+    return groups
+
+
 class BiSSLTrainer(Trainer):
     """BiSSL on ``config``; see the module docstring. ``encoder`` (pretext-trained backbone and
     projector) and ``head`` (warmed-up linear head) seed the run; without them the encoder comes
@@ -61,6 +88,7 @@ class BiSSLTrainer(Trainer):
     """
 
     method = "bissl"
+    data_parallel = True
 
     @property
     def nonfinite_hint(self) -> str:
@@ -80,6 +108,7 @@ class BiSSLTrainer(Trainer):
     ) -> None:
         config.validate()
         self.rank, self.world = _dist()
+        self._rank_rng: list[Any] | None = None
         super().__init__(config, out_dir, progress and self.rank == 0)
         cfg, bil = config, config.bilevel
         self.train_set = downstream_split(cfg, "train")
@@ -114,9 +143,12 @@ class BiSSLTrainer(Trainer):
             # same initial weights everywhere, different augmentations per process
             seed_everything(cfg.seed + 1000 * self.rank)
 
+        # The public code's LARS has no exclusion filters: BN affine parameters and biases get the
+        # trust ratio too. Excluded, they step with the raw lr (1.0), far larger than the
+        # η·||p|| steps of the weights (docs/bissl_diagnostics.md).
         self.lower_opt = LARS(
             self.encoder_p.parameters(), lr=bil.lower_lr, momentum=bil.momentum,
-            weight_decay=bil.lower_wd, eta=bil.lars_eta,
+            weight_decay=bil.lower_wd, eta=bil.lars_eta, exclude_1d=bil.lars_exclude_1d,
         )  # fmt: skip
         self.upper_opt = torch.optim.SGD(
             self.model_d.parameters(),
@@ -151,6 +183,7 @@ class BiSSLTrainer(Trainer):
         self.cg_settings = cfg.cg.settings()
         self.cg_x: tuple[torch.Tensor, ...] | None = None
         self.last_cg: CGResult | None = None
+        self._start: dict[str, float] = {}
 
     # -- initial weights ---------------------------------------------------------------------
     def _initial_encoder(self, encoder: Encoder | None) -> Encoder:
@@ -194,10 +227,30 @@ class BiSSLTrainer(Trainer):
             )  # fmt: skip
         self.lower_opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.encoder_p.parameters(), cfg.bilevel.clip)
+        prox_grad = self._proximal_gradient_norm()
+        gnorm = float(torch.nn.utils.clip_grad_norm_(self.encoder_p.parameters(), cfg.bilevel.clip))
         self.lower_opt.step()
         self.lower_sched.step()
-        return parts
+        return {
+            **parts,
+            "lower_grad_norm": gnorm,
+            "lower_clipped": float(gnorm > cfg.bilevel.clip),
+            # ||λ(θ_P − θ_D)|| against the whole lower gradient: how much the coupling steers
+            "prox_grad_share": prox_grad / gnorm if gnorm > 0 else 0.0,
+        }
+
+    @torch.no_grad()
+    def _proximal_gradient_norm(self) -> float:
+        """||∇_θP λ/2||θ_P − θ_D||²|| = λ·||θ_P − θ_D|| (closed form, no extra backward)."""
+        return self.config.bilevel.lam * self.theta_distance()
+
+    @torch.no_grad()
+    def theta_distance(self) -> float:
+        """||θ_P − θ_D|| over backbone parameters (BN buffers excluded, like the penalty)."""
+        pairs = zip(
+            self.encoder_p.backbone.parameters(), self.model_d.backbone.parameters(), strict=True
+        )
+        return tree_norm([p - d for p, d in pairs])
 
     def upper_step(
         self,
@@ -221,6 +274,8 @@ class BiSSLTrainer(Trainer):
             lam=bil.lam, lam_damp=bil.lam_damp, gamma=bil.gamma, temperature=cfg.pretext.temperature,
             settings=self.cg_settings, x0=self.cg_x if cfg.cg.warm_start else None,
             reduce=all_reduce_mean if self.world > 1 else None,
+            check_residual=cfg.cg.check_residual, composite_bn=bil.upper_bn,
+            hvp_updates_bn=cfg.cg.hvp_updates_bn,
         )  # fmt: skip
         self.cg_x = tuple(t.detach() for t in grads.cg.x)
         self.last_cg = grads.cg
@@ -229,16 +284,22 @@ class BiSSLTrainer(Trainer):
             p.grad = g.detach().clone()
         for p, g in zip(self.model_d.head.parameters(), grads.head, strict=True):
             p.grad = g.detach().clone()
-        gnorm = torch.nn.utils.clip_grad_norm_(self.model_d.parameters(), bil.clip)
+        gnorm = float(torch.nn.utils.clip_grad_norm_(self.model_d.parameters(), bil.clip))
         self.upper_opt.step()
         self.upper_sched.step()
-        return {
+        logs = {
             **grads.losses,
             "cg_rel_residual": grads.cg.relative_residual,
             "cg_iters": float(grads.cg.iterations),
             "cg_breakdown": float(grads.cg.breakdown is not None),
-            "upper_grad_norm": float(gnorm),
+            "upper_grad_norm": gnorm,
+            "upper_grad_norm_clipped": min(gnorm, bil.clip),
+            "upper_clipped": float(gnorm > bil.clip),
+            **grads.diagnostics(),
         }
+        if grads.cg.true_residual is not None and grads.cg.b_norm > 0:
+            logs["cg_true_rel_residual"] = grads.cg.true_residual / grads.cg.b_norm
+        return logs
 
     @torch.no_grad()
     def adapt(self) -> None:
@@ -251,6 +312,14 @@ class BiSSLTrainer(Trainer):
 
     def train_step(self, step: int) -> dict[str, float]:
         bil = self.config.bilevel
+        if step == 0 and not self.record.rows:
+            # the accuracies the run starts from, for the first row of metrics.csv
+            start = self.validate()
+            self._start = {
+                "val_acc_start": start["val_acc"],
+                "val_acc_d_start": start["val_acc_d"],
+                "val_acc_bs_start": start["val_acc_bs"],
+            }
         sums: dict[str, float] = {}
         counts: dict[str, int] = {}
         for logs in [self.lower_step() for _ in range(bil.lower_steps)] + [
@@ -262,6 +331,7 @@ class BiSSLTrainer(Trainer):
         if bil.adapt_every > 0 and (step + 1) % bil.adapt_every == 0:
             self.adapt()
         logs = {k: sums[k] / counts[k] for k in sums}
+        logs["theta_dist"] = self.theta_distance()
         if self.world > 1:
             keys = sorted(logs)
             mean = all_reduce_mean([torch.tensor([logs[k] for k in keys], dtype=torch.float64)])[0]
@@ -270,20 +340,37 @@ class BiSSLTrainer(Trainer):
 
     # -- evaluation and checkpoints ----------------------------------------------------------
     def validate(self) -> dict[str, float]:
-        """Val metrics (percent) of head_D∘backbone_P (``val_*``) and of model_D (``val_d_*``)."""
+        """Val metrics (percent) of head_D∘backbone_P (``val_*``) and of model_D (``val_d_*``),
+        in eval mode; ``val_acc_bs``: the composite with batch statistics (batches of
+        ``eval_batch_size``, running statistics untouched), the normalisation its upper-level
+        gradient is computed with under ``bilevel.upper_bn=train``."""
         cfg = self.config
         composite = nn.Sequential(self.encoder_p.backbone, self.model_d.head)
         mine = evaluate(composite, self.val_set, cfg.eval_batch_size)
         theirs = evaluate(self.model_d, self.val_set, cfg.eval_batch_size)
+        batch_stats = evaluate_batch_stats(composite, self.val_set, cfg.eval_batch_size)
         out = {f"val_{k}": v for k, v in mine.items()}
         out.update({f"val_d_{k}": v for k, v in theirs.items()})
         out["val_acc"] = headline(mine, self.multilabel)
         out["val_acc_d"] = headline(theirs, self.multilabel)
+        out["val_acc_bs"] = headline(batch_stats, self.multilabel)
         return out
 
+    def _log_row(self, writer: Any, extra: dict[str, float]) -> None:
+        # The first row of metrics.csv also carries the accuracies before the first alternation.
+        if not self.record.rows and self._start:
+            extra = {**self._start, **extra}
+        super()._log_row(writer, extra)
+
     def save(self, path: str | Path | None = None) -> Path:
-        """Rank 0 writes the checkpoint; the others wait for it."""
+        """Rank 0 writes the checkpoint (with every rank's RNG state); the others wait for it."""
         target = Path(path) if path is not None else self.checkpoint_path
+        if self.world > 1:
+            # Each process draws its own augmentations, so a resume that gave every rank rank 0's
+            # RNG would continue with other views than the uninterrupted run.
+            states: list[Any] = [None] * self.world
+            dist.all_gather_object(states, rng_state())
+            self._rank_rng = states
         if self.rank == 0:
             target = super().save(path)
         if self.world > 1:
@@ -304,6 +391,7 @@ class BiSSLTrainer(Trainer):
                 s.state_dict() for s in (self.lower_stream, self.hvp_stream, self.upper_stream)
             ],
             "cg_x": self.cg_x,
+            "rank_rng": self._rank_rng,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -320,6 +408,12 @@ class BiSSLTrainer(Trainer):
             stream.load_state_dict(s)
         cg_x = state.get("cg_x")
         self.cg_x = tuple(t.to(self.device) for t in cg_x) if cg_x is not None else None
+        rank_rng = state.get("rank_rng")
+        if rank_rng is not None and len(rank_rng) == self.world:
+            set_rng_state(rank_rng[self.rank])
+        elif self.world > 1:
+            # Saved under another process count: the views cannot continue as they were.
+            seed_everything(self.config.seed + 1000 * self.rank + 7 * self.lower_sched.last_epoch)
 
     def backbone(self) -> nn.Module:
         """θ_P, the backbone BiSSL hands to fine-tuning."""

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bissl.hypergrad import CG_MODES, HVP_BACKENDS, CGSettings
+from bissl.objectives import UPPER_BN_MODES
 from bmssl.data.views import STRENGTHS
 from bmssl.errors import UserError, check_choice, check_nonnegative, check_positive
 from bmssl.precision import PRECISIONS
@@ -43,6 +44,12 @@ class BilevelConfig:
 
     Lower: NT-Xent + λ/2 ||θ_P − θ_D||²; upper: CE(head_D(backbone_P(x))) + γ·CE(model_D(x));
     every ``adapt_every`` alternations θ_D ← (1 − α) θ_D + α θ_P (0 = never).
+
+    ``lars_exclude_1d``: the lower LARS skips trust ratio and weight decay for 1-D tensors (BN
+    affine, biases), which then step with the raw lr; the public code applies LARS to every
+    tensor (False). ``upper_bn``: θ_P's BatchNorm in the composite forward of the upper level
+    (train: batch statistics and running statistics updated, as in the public code; frozen;
+    eval; see :func:`bissl.objectives.upper_bn_mode`).
     """
 
     gamma: float = 0.01
@@ -56,6 +63,7 @@ class BilevelConfig:
     lower_lr: float = 1.0
     lower_wd: float = 1e-6
     lars_eta: float = 0.001
+    lars_exclude_1d: bool = False
     upper_lr: float = 0.01
     upper_wd: float = 0.0
     momentum: float = 0.9
@@ -65,9 +73,11 @@ class BilevelConfig:
     clip: float = 10.0
     downstream_augment: str = "none"
     gather_negatives: bool = False
+    upper_bn: str = "train"
 
     def validate(self) -> None:
         check_choice("bilevel.downstream_augment", self.downstream_augment, STRENGTHS)
+        check_choice("bilevel.upper_bn", self.upper_bn, UPPER_BN_MODES)
         for name in (
             "alternations", "upper_steps", "lower_lr", "upper_lr", "lars_eta", "batch_size",
             "clip",
@@ -96,7 +106,14 @@ class BilevelConfig:
 
 @dataclass
 class CGConfig:
-    """How the damped system (I + H/(λ+λ_damp)) x = ∇_θP L_D is solved."""
+    """How the damped system (I + H/(λ+λ_damp)) x = ∇_θP L_D is solved.
+
+    ``check_residual`` spends one more Hessian-vector product per upper step to log the true
+    relative residual ||v − A x|| / ||v|| (``cg_true_rel_residual``) beside the recurrence's.
+    ``hvp_updates_bn``: the Hessian-vector products' train-mode forwards update θ_P's BN running
+    statistics with the curvature batch, as the public code's do (once per upper step with the
+    ``reuse`` backend, once per product with ``recompute``); off, they are left untouched.
+    """
 
     iters: int = 5
     mode: str = "exact"
@@ -104,6 +121,8 @@ class CGConfig:
     atol: float = 0.0
     warm_start: bool = False
     hvp_backend: str = "reuse"
+    check_residual: bool = False
+    hvp_updates_bn: bool = False
 
     def validate(self) -> None:
         check_choice("cg.mode", self.mode, CG_MODES)

@@ -50,6 +50,34 @@ def evaluate(model: nn.Module, dataset: ImageDataset, batch_size: int = 512) -> 
     return classification_metrics(logits, dataset.labels(), dataset.difficult_matrix)
 
 
+@torch.no_grad()
+def evaluate_batch_stats(
+    model: nn.Module, dataset: ImageDataset, batch_size: int = 512
+) -> dict[str, float]:
+    """:func:`evaluate` with BatchNorm normalising by each batch's statistics (train mode),
+    running statistics untouched: how the model scores under the normalisation that a
+    train-mode forward (e.g. BiSSL's upper level) sees. Modes are restored afterwards."""
+    from bissl.objectives import frozen_bn_statistics
+
+    # Batches in a fixed random order: a set stored in class order would otherwise give
+    # one-class batches, whose statistics carry no class information.
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))
+    device = next(model.parameters()).device
+    chunks = []
+    was = model.training
+    model.train()
+    try:
+        with frozen_bn_statistics(model):
+            # equal chunks, so that no last batch of one image leaves BatchNorm undefined
+            for idx in torch.tensor_split(order, -(-len(dataset) // batch_size)):
+                chunks.append(model(dataset.get_batch(idx.numpy()).to(device)).float().cpu())
+    finally:
+        model.train(was)
+    logits = torch.empty_like(torch.cat(chunks))
+    logits[order] = torch.cat(chunks)
+    return classification_metrics(logits, dataset.labels(), dataset.difficult_matrix)
+
+
 def headline(metrics: dict[str, float], multilabel: bool) -> float:
     """The single number a search maximises: 11-point mAP for multi-label sets, else top-1."""
     return metrics["map11"] if multilabel else metrics["top1"]

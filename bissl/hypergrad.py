@@ -18,6 +18,7 @@ the backbone's parameters. Hessian-vector products come from one of three backen
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from bissl.objectives import (
     frozen_bn_statistics,
     has_running_stats,
     pretext_loss_of_backbone,
+    upper_bn_mode,
 )
 from bmssl.errors import UserError, check_choice
 from bmssl.nets import Encoder
@@ -62,6 +64,15 @@ def tree_dot(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> torch.Tens
 def tree_norm(a: Sequence[torch.Tensor]) -> float:
     """Euclidean norm of the concatenation of ``a``."""
     return math.sqrt(sum(float(torch.sum(x.double() ** 2)) for x in a))
+
+
+def tree_cosine(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> float:
+    """``<a, b> / (||a|| ||b||)`` over the concatenations (0 when either is zero)."""
+    na, nb = tree_norm(a), tree_norm(b)
+    if na == 0 or nb == 0:
+        return 0.0
+    dot = sum(float(torch.sum(x.double() * y.double())) for x, y in zip(a, b, strict=True))
+    return dot / (na * nb)
 
 
 def tree_add(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor], alpha: float = 1.0) -> Tensors:
@@ -324,12 +335,28 @@ class CGSettings:
 
 @dataclass
 class UpperGradients:
-    """Gradients for θ_D (``backbone``) and φ_D (``head``), plus the CG record and loss values."""
+    """Gradients for θ_D (``backbone``) and φ_D (``head``), plus the CG record and loss values.
+
+    ``plain`` is the backbone gradient without the implicit term, ``v + γ ∇_θD CE(model_D)``
+    (dθ_P*/dθ_D replaced by I); ``v`` is the right-hand side ∇_θP CE(head_D(backbone_P(x))).
+    """
 
     backbone: Tensors
     head: Tensors
     cg: CGResult
     losses: dict[str, float]
+    v: Tensors = ()
+    plain: Tensors = ()
+
+    def diagnostics(self) -> dict[str, float]:
+        """Cheap numbers on the solve: cos(x, v) of the CG solution to its right-hand side,
+        cos(g_θD, plain) of the final backbone gradient to the plain one, and their norms."""
+        return {
+            "cg_cos": tree_cosine(self.cg.x, self.v),
+            "upper_cos_plain": tree_cosine(self.backbone, self.plain),
+            "cg_x_norm": tree_norm(self.cg.x),
+            "cg_v_norm": tree_norm(self.v),
+        }
 
 
 def implicit_gradient(
@@ -393,21 +420,26 @@ def upper_gradients(
     x0: Sequence[torch.Tensor] | None = None,
     reduce: Reduce | None = None,
     check_residual: bool = False,
+    composite_bn: str = "train",
+    hvp_updates_bn: bool = False,
 ) -> UpperGradients:
     """BiSSL's upper-level gradients on a downstream batch ``(x, y)`` and a pretext pair.
 
     g_θD = (I + H/(λ+λ_damp))^-1 ∇_θP CE(head_D(backbone_P(x))) + γ ∇_θD CE(model_D(x))
     g_φD = ∇_φD CE(head_D(backbone_P(x))) + γ ∇_φD CE(model_D(x))
-    H is the Hessian of NT-Xent(x1_p, x2_p) w.r.t. θ_P with φ_P fixed. Under data parallelism
-    ``reduce`` averages v, every H d and the classic gradients, so every process returns the same
-    gradients. No parameter's ``.grad`` is touched.
+    H is the Hessian of NT-Xent(x1_p, x2_p) w.r.t. θ_P with φ_P fixed (batch statistics, running
+    statistics untouched unless ``hvp_updates_bn``, as in the public code). ``composite_bn`` sets
+    θ_P's BatchNorm in the composite forward (:func:`bissl.objectives.upper_bn_mode`). Under data parallelism ``reduce`` averages v,
+    every H d and the classic gradients, so every process returns the same gradients. No
+    parameter's ``.grad`` is touched.
     """
     theta_p = tuple(encoder_p.backbone.parameters())
     head = tuple(model_d.head.parameters())
     theta_d = tuple(model_d.backbone.parameters())
     red = reduce if reduce is not None else (lambda t: tuple(t))
 
-    loss_a = bissl_term(encoder_p.backbone, model_d, x, y)
+    with upper_bn_mode(encoder_p.backbone, composite_bn):
+        loss_a = bissl_term(encoder_p.backbone, model_d, x, y)
     grads = torch.autograd.grad(loss_a, head + theta_p)
     g_head = red(grads[: len(head)])
     v = red(grads[len(head) :])
@@ -419,16 +451,22 @@ def upper_gradients(
             "bn=none), or hvp_backend=reuse"
         )
     f = pretext_loss_of_backbone(encoder_p, x1_p, x2_p, temperature)
-    with frozen_bn_statistics(encoder_p):
+    # The curvature batch is a measurement: by default its forwards leave θ_P's running
+    # statistics alone (the public code's train-mode forwards update them every product).
+    hvp_bn = contextlib.nullcontext() if hvp_updates_bn else frozen_bn_statistics(encoder_p)
+    with hvp_bn:
         cg = implicit_gradient(
             f, theta_p, v, lam, lam_damp, settings, x0, reduce, check_residual=check_residual
         )
-    g_backbone = cg.x
+    g_backbone, plain = cg.x, v
 
     if gamma != 0:
         loss_b = classic_term(model_d, x, y)
         classic = red(torch.autograd.grad(loss_b, theta_d + head))
         g_backbone = tree_add(g_backbone, classic[: len(theta_d)], gamma)
+        plain = tree_add(plain, classic[: len(theta_d)], gamma)
         g_head = tree_add(g_head, classic[len(theta_d) :], gamma)
         losses["classic_loss"] = float(loss_b.detach())
-    return UpperGradients(backbone=g_backbone, head=g_head, cg=cg, losses=losses)
+    return UpperGradients(
+        backbone=g_backbone, head=g_head, cg=cg, losses=losses, v=tuple(v), plain=plain
+    )

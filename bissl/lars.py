@@ -8,8 +8,10 @@ installed), so it is written here. For each parameter tensor ``p`` with gradient
     m <- momentum·m + trust·u
     p <- p − lr·m
 
-Tensors with one dimension (biases, BatchNorm affine) skip both weight decay and the trust ratio,
-as in SimCLR / Barlow Twins / BiSSL's public code.
+With ``exclude_1d`` (the default), tensors with one dimension (biases, BatchNorm affine) skip
+both weight decay and the trust ratio, as in SimCLR / Barlow Twins. BiSSL's public code applies
+LARS to every tensor, so the BiSSL trainer passes ``exclude_1d=bilevel.lars_exclude_1d``
+(default False; docs/bissl_diagnostics.md).
 """
 
 from __future__ import annotations

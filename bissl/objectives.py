@@ -168,6 +168,40 @@ def frozen_bn_statistics(module: nn.Module) -> Iterator[None]:
                 m.num_batches_tracked.copy_(count)
 
 
+#: how θ_P's BatchNorm runs in the upper level's composite forward head_D(backbone_P(x))
+UPPER_BN_MODES = ("train", "frozen", "eval")
+
+
+@contextlib.contextmanager
+def upper_bn_mode(module: nn.Module, mode: str) -> Iterator[None]:
+    """BatchNorm behaviour of ``module`` for the composite forward of the upper level.
+
+    ``train``: batch statistics, and the running statistics absorb the downstream batch (what
+    the public code does: its composite forward runs in train mode); ``frozen``: batch
+    statistics, running statistics untouched; ``eval``: the running statistics normalise, as in
+    validation and in the head warm-up, so the gradient is that of the model being validated.
+    Other modules keep their mode; every mode is restored on exit.
+    """
+    if mode not in UPPER_BN_MODES:
+        raise ValueError(f"upper BN mode must be one of {UPPER_BN_MODES}, got {mode!r}")
+    if mode == "train":
+        yield
+        return
+    if mode == "frozen":
+        with frozen_bn_statistics(module):
+            yield
+        return
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    was = [m.training for m in norms]
+    for m in norms:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m, training in zip(norms, was, strict=True):
+            m.train(training)
+
+
 def has_running_stats(module: nn.Module) -> bool:
     """True if a BatchNorm in ``module`` tracks running statistics (torch.func cannot run it)."""
     return any(

@@ -7,6 +7,10 @@ With ``baseline_matched_pretext`` the baseline's SimCLR stage runs ``pretext.ste
 alternations·lower_steps`` steps, so both paths give the backbone the same number of pretext
 updates. Metrics are measured on the downstream val and test splits (percent): top-1, top-5, and
 11-point mAP for multi-label sets. Stage outputs live under ``out_dir`` and are reused on rerun.
+
+Under ``torchrun`` the SimCLR and BiSSL stages train data-parallel and rank 0 writes their files;
+fine-tuning runs on rank 0 alone, while the other processes return after the BiSSL (baseline:
+SimCLR) stage with the metrics they have.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from bissl.bilevel import BiSSLTrainer
 from bissl.config import BiSSLConfig
 from bissl.curves import plot_bissl_curves
 from bissl.finetune import finetune
+from bmssl import distributed
 from bmssl.checkpoints import load_checkpoint, save_weights
 from bmssl.errors import UserError
 from bmssl.io import atomic_write, write_json
@@ -47,7 +52,10 @@ __all__ = [
 ]
 
 #: SimCLR options that do not change the trained encoder (left out of the pretext cache key)
-_NOT_IN_KEY = ("eval_every", "eval_episodes", "eval_n_way", "eval_k_shot", "log_every", "device")
+_NOT_IN_KEY = (
+    "eval_every", "eval_episodes", "eval_n_way", "eval_k_shot", "log_every", "device", "workers",
+    "pin_memory",
+)  # fmt: skip
 
 
 def pretext_key(config: BiSSLConfig, steps: int) -> str:
@@ -76,7 +84,8 @@ def pretext_encoder(
 
     With ``cache_dir`` the run checkpoints under ``<cache_dir>/pretext-<key>/`` (resumable) and
     the finished encoder is stored as ``<cache_dir>/pretext-<key>.pt`` (``{"encoder": ...}``),
-    which later calls load instead of training. Returns the encoder and that file.
+    which later calls load instead of training. Returns the encoder and that file (which only
+    rank 0 writes).
     """
     steps = config.pretext.steps if steps is None else steps
     cfg = config.pretext_run(steps)
@@ -95,7 +104,7 @@ def pretext_encoder(
         trainer = SimCLRTrainer(cfg, run_dir, progress)
         trainer.fit()
         encoder = trainer.encoder
-    if path is not None:
+    if path is not None and distributed.is_main():
         state = {"encoder": encoder.state_dict(), "simclr": dataclasses.asdict(cfg)}
         atomic_write(path, lambda f: torch.save(state, f), mode="wb")
     return encoder, path
@@ -120,8 +129,10 @@ def run_bissl(
     encoder, _ = pretext_encoder(config, None, pretext_cache or out_dir, progress)
     trainer = BiSSLTrainer(config, out_dir / "bissl", progress, encoder=encoder)
     history = trainer.fit()
-    plot_bissl_curves(out_dir / "bissl" / "metrics.csv", out_dir / "bissl" / "curves.png")
     extra = {f"bissl_{k}": v for k, v in history.items() if isinstance(v, float)}
+    if not distributed.is_main():
+        return extra
+    plot_bissl_curves(out_dir / "bissl" / "metrics.csv", out_dir / "bissl" / "curves.png")
     return _finetune_and_record(
         "bissl", trainer.encoder_p.backbone, config, splits, out_dir, started, progress, extra
     )
@@ -141,6 +152,8 @@ def run_baseline(
     steps = baseline_pretext_steps(config)
     encoder, _ = pretext_encoder(config, steps, pretext_cache or out_dir, progress)
     extra = {"pretext_steps": float(steps)}
+    if not distributed.is_main():
+        return extra
     return _finetune_and_record(
         "baseline", encoder.backbone, config, splits, out_dir, started, progress, extra
     )

@@ -9,9 +9,11 @@
 
 ``train METHOD`` (default ``bmssl``) builds the method's config (defaults < ``--config`` preset
 or YAML file < ``key=value`` overrides), checks it and its data, writes ``<out>/config.yaml``
-and trains, resuming from ``<out>/checkpoints/last.pt`` when it exists. ``eval`` rebuilds the
-backbone of any registered method's checkpoint and reports few-shot accuracy ± 95% CI on a
-split, written to ``<out>/eval/<split>_<N>way<K>shot_<classifier>.json``.
+and trains, resuming from ``<out>/checkpoints/last.pt`` when it exists. Under
+``torchrun --standalone --nproc_per_node N -m bmssl train ...`` the processes split each step of
+a data-parallel method (simclr, bmssl, meta-ssl, bmssl-fo) and only rank 0 writes. ``eval``
+rebuilds the backbone of any registered method's checkpoint and reports few-shot accuracy ±
+95% CI on a split, written to ``<out>/eval/<split>_<N>way<K>shot_<classifier>.json``.
 """
 
 from __future__ import annotations
@@ -85,9 +87,19 @@ def _method_and_config(args: argparse.Namespace):
     return method, method.load_config(args.config, overrides)
 
 
+def _data_parallel_methods() -> list[str]:
+    from bmssl.methods import list_methods
+
+    return [
+        m.name
+        for m in list_methods()
+        if m.trainer is not None and getattr(m.trainer_class(), "data_parallel", False)
+    ]
+
+
 def _train(args: argparse.Namespace) -> dict:
-    from bmssl.config import config_to_yaml
-    from bmssl.io import write_json, write_text
+    from bmssl.distributed import launched_world, process_group
+    from bmssl.trainer import resolve_device
 
     method, config = _method_and_config(args)
     trainer_cls = method.trainer_class()
@@ -95,9 +107,25 @@ def _train(args: argparse.Namespace) -> dict:
         raise UserError(
             f"method {method.name!r} is not trained; evaluate it with reproduce/table1.py"
         )
+    world = launched_world()
+    if world > 1 and not getattr(trainer_cls, "data_parallel", False):
+        raise UserError(
+            f"method {method.name!r} trains in one process, but torchrun launched {world}; run "
+            f"it without torchrun, or train one of {', '.join(_data_parallel_methods())} with it"
+        )
+    with process_group(resolve_device(str(getattr(config, "device", "cpu")))):
+        return _train_in_group(args, method, config, trainer_cls)
+
+
+def _train_in_group(args: argparse.Namespace, method, config, trainer_cls) -> dict:
+    """``train`` in this process (rank r of a torchrun group, or alone); rank 0 writes."""
+    from bmssl.config import config_to_yaml
+    from bmssl.io import write_json, write_text
+
     trainer = trainer_cls(config, args.out, progress=not args.quiet)  # checks settings and data
-    fresh = args.out is not None and not args.out.exists()
-    if args.out is not None:
+    main = trainer.is_main
+    fresh = main and args.out is not None and not args.out.exists()
+    if args.out is not None and main:
         from bmssl.io import ensure_writable_dir
         from bmssl.runlock import RunLock
 
@@ -107,16 +135,17 @@ def _train(args: argparse.Namespace) -> dict:
                 print(f"resuming from {trainer.checkpoint_path}", file=sys.stderr)
             write_text(args.out / "config.yaml", config_to_yaml(config))
     try:
-        metrics = trainer.fit()
+        metrics = trainer.fit()  # the other ranks resume from rank 0's last.pt in here
     except UserError:
         # A new run that failed before its first checkpoint (a corrupt image, a diverging
         # loss) leaves nothing behind: no half-made run folder to mistake for a run.
         if fresh and not (args.out / "checkpoints").exists():
             shutil.rmtree(args.out, ignore_errors=True)
         raise
-    if args.out is not None:
-        write_json(args.out / "metrics.json", metrics)
-    print(json.dumps({k: round(v, 4) for k, v in metrics.items()}))
+    if main:
+        if args.out is not None:
+            write_json(args.out / "metrics.json", metrics)
+        print(json.dumps({k: round(v, 4) for k, v in metrics.items()}))
     return metrics
 
 
@@ -207,7 +236,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if len(argv) > 1 and argv[0] in ("train", "print-config"):
         method = _first_word(argv[1:])
     args = parse_args(_parser(method), argv, positional=True)
-    refuse_multiprocess_launch()
+    if args.command != "train":  # train splits its steps across torchrun's processes
+        refuse_multiprocess_launch(f"`python -m bmssl {args.command}`")
     if args.command == "methods":
         from bmssl.methods import list_methods
 

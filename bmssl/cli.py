@@ -95,20 +95,23 @@ def split_positional(tokens: Sequence[str]) -> tuple[str | None, list[str]]:
     return None, tokens
 
 
-def refuse_multiprocess_launch() -> None:
-    """Refuse a ``torchrun --nproc_per_node N`` launch (N > 1): every process would run its own
-    full, independent job into the same ``--out``. Data-parallel training from these entry
-    points is not implemented; run one process per job (Ray Tune spreads jobs over GPUs)."""
-    import os
+def refuse_multiprocess_launch(what: str) -> None:
+    """Refuse a ``torchrun --nproc_per_node N`` launch (N > 1) of a command that runs in one
+    process (``what`` names it): each process would do the whole job, into the same folder.
 
-    world = os.environ.get("WORLD_SIZE", "1")
-    if world != "1":
+    The commands that train data-parallel (``python -m bmssl train`` of a method whose trainer
+    splits its steps, ``python -m bissl run|baseline|pretext``) do not call this.
+    """
+    from bmssl.distributed import launched_world
+
+    world = launched_world()
+    if world > 1:
         from bmssl.errors import UserError
 
         raise UserError(
-            f"launched as {world} processes (WORLD_SIZE={world}), but this command trains in one "
-            "process: each would run the whole job into the same --out; run it without torchrun "
-            "(or with --nproc_per_node 1)"
+            f"launched as {world} processes (WORLD_SIZE={world}), but {what} runs in one "
+            "process: each would do the whole job; run it without torchrun (or with "
+            "--nproc_per_node 1)"
         )
 
 

@@ -11,6 +11,11 @@ Per task (N images, K support and Q query views, pseudo-label = image index):
   ``logits(θ) = z_q(θ) · p_c(θ) / τ`` with prototypes from the support embeddings at the same θ;
 - outer step: Adam on θ with the meta-gradient (second order through the L steps by default).
 
+Under ``torchrun`` every rank samples the same meta-batch (a pure function of seed and step),
+differentiates the tasks of its contiguous share ``b_r`` of the B, and the all-reduce of
+``(|b_r|/B)·∇ mean_{b_r}`` is the mean over all B tasks; every rank then takes the same Adam step
+and refreshes the running statistics from all B tasks (no-grad forwards, identical everywhere).
+
 The functional core (``support_loss``, ``task_meta_loss``, ``meta_loss``, ``meta_gradient``) works
 on parameter dicts; :class:`BMSSLTrainer` is the thin driver.
 """
@@ -25,12 +30,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bmssl import distributed
 from bmssl.data.views import STRENGTHS
 from bmssl.errors import UserError, check_choice, check_nonnegative, check_positive
 from bmssl.inner import BACKENDS, InnerLoop, Params, functional_twin, open_inner_loop
 from bmssl.losses import kl_matching, nt_xent, prototype_logits
 from bmssl.nets import Encoder
-from bmssl.pretrain import EncoderState, FewShotValidation, RunConfig
+from bmssl.pretrain import EncoderState, FewShotValidation, RunConfig, step_loader
 from bmssl.tasks import Task, TaskBatch, TaskSampler
 from bmssl.trainer import Trainer
 
@@ -391,6 +397,7 @@ class BMSSLTrainer(EncoderState, FewShotValidation, Trainer):
     """
 
     method = "bmssl"
+    data_parallel = True
 
     @property
     def nonfinite_hint(self) -> str:
@@ -405,6 +412,11 @@ class BMSSLTrainer(EncoderState, FewShotValidation, Trainer):
     ) -> None:
         config.validate()
         super().__init__(config, out_dir, progress)
+        if config.meta_batch < self.world:
+            raise UserError(
+                f"meta_batch={config.meta_batch} gives some of the {self.world} processes no task; "
+                f"raise meta_batch to at least {self.world} (or launch fewer processes)"
+            )
         self.build_data_and_encoder()
         self.sampler = TaskSampler(
             self.train_set,
@@ -423,17 +435,28 @@ class BMSSLTrainer(EncoderState, FewShotValidation, Trainer):
     def train_step(self, step: int) -> dict[str, float]:
         # The views' parameters are drawn on the CPU from (seed, step) and applied on the
         # device, so a run repeats exactly whatever device makes them.
-        batch = self.sampler.sample(step, device=self.device)
+        if self.loader is None:
+            self.loader = step_loader(
+                self.config, self.sampler.dataset, self.sampler.image_indices, self.device
+            )
+        batch = self.sampler.sample(step, device=self.device, images=self.loader.get(step))
+        mine = batch.select(distributed.shard(len(batch), self.rank, self.world))
         self.encoder.train()
         params: dict[str, torch.Tensor] = dict(self.encoder.named_parameters())
-        result = meta_gradient(params, self._model, batch, self.config)
+        result = meta_gradient(params, self._model, mine, self.config)
+        # Σ_r (|b_r|/B)·mean_{b_r} = mean over the B tasks; the mean over ranks of W·that share.
+        share = len(mine) * self.world / len(batch)
+        grads = {name: result.grads[name].detach() * share for name in params}
+        terms = torch.stack([result.loss, result.kl, result.ce]).detach().double() * share
+        distributed.all_reduce_mean_([*grads.values(), terms])
         self.optimizer.zero_grad(set_to_none=True)
         for name, p in params.items():
-            p.grad = result.grads[name].detach().clone()
+            p.grad = grads[name]
         self.optimizer.step()
         if self.config.bn == "track":
             self._refresh_running_stats(batch)
-        return {"loss": float(result.loss), "kl": float(result.kl), "ce": float(result.ce)}
+        loss, kl, ce = terms.tolist()
+        return {"loss": loss, "kl": kl, "ce": ce}
 
     @torch.no_grad()
     def _refresh_running_stats(self, batch: TaskBatch) -> None:

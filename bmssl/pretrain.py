@@ -19,6 +19,7 @@ import torch
 from bmssl.checkpoints import seed_everything
 from bmssl.data import get_dataset
 from bmssl.data.base import ImageDataset, SubsetByClass
+from bmssl.data.loader import StepBatchLoader
 from bmssl.errors import UserError, check_choice, check_positive
 from bmssl.evaluate import check_episode_shape, evaluate_fewshot
 from bmssl.nets import BN_POLICIES, Encoder, backbone_names, build_encoder
@@ -49,6 +50,8 @@ class RunConfig:
     log_every: int = 10  # steps per row of metrics.csv (losses averaged over the interval)
     train_protocol: str = "fewshot"  # "unlabeled": train on every image, no few-shot validation
     precision: str = "fp32"  # "bf16": autocast the forward pass of first-order steps
+    workers: int = 0  # DataLoader worker processes decoding images (0 = in the main process)
+    pin_memory: bool | None = None  # page-locked batches; None = when training on CUDA
     device: str = "auto"
     seed: int = 0
 
@@ -69,6 +72,16 @@ class RunConfig:
         if self.eval_n_way < 2:
             raise UserError(f"eval_n_way must be at least 2 to classify, got {self.eval_n_way}")
         check_positive("log_every", self.log_every)
+        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 0:
+            raise UserError(
+                f"workers must be a whole number >= 0 (0 decodes images in the training process), "
+                f"got {self.workers!r}"
+            )
+        if self.pin_memory not in (None, True, False):
+            raise UserError(
+                f"pin_memory must be true, false or null (null = when training on CUDA), got "
+                f"{self.pin_memory!r}"
+            )
         if self.eval_every < 0:
             raise UserError(f"eval_every must be >= 0 (0 = only at the end), got {self.eval_every}")
 
@@ -152,14 +165,26 @@ class FewShotValidation:
         return {"val_acc": result.mean, "val_ci95": result.ci95}
 
 
+def step_loader(
+    config: Any, dataset: ImageDataset, indices_for_step: Any, device: torch.device
+) -> StepBatchLoader:
+    """The prefetching loader of a trainer's per-step images (``config.workers`` processes;
+    pinned memory when ``config.pin_memory``, or by default when training on CUDA)."""
+    pin = config.pin_memory if config.pin_memory is not None else device.type == "cuda"
+    return StepBatchLoader(dataset, indices_for_step, workers=config.workers, pin_memory=pin)
+
+
 def random_init_encoder(config: Any) -> Encoder:
     """The untrained encoder a config describes, seeded by ``config.seed`` (the random-init row)."""
     seed_everything(int(config.seed))
     return encoder_for(load_split(config, "train"), config)
 
 
-#: settings that may change when a run resumes (train longer, evaluate differently, move device)
-RESUMABLE_CHANGES = frozenset({"steps", "eval_every", "eval_episodes", "log_every", "device"})
+#: settings that may change when a run resumes (train longer, evaluate differently, move device,
+#: load images otherwise)
+RESUMABLE_CHANGES = frozenset(
+    {"steps", "eval_every", "eval_episodes", "log_every", "device", "workers", "pin_memory"}
+)
 
 
 class EncoderState:

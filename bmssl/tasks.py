@@ -83,6 +83,17 @@ class TaskBatch:
         """``[N·Q]``, shared by every task of the batch."""
         return self[0].query_labels
 
+    def select(self, tasks: slice) -> TaskBatch:
+        """The tasks ``tasks`` of the batch (e.g. one rank's share), as a batch."""
+        return TaskBatch(
+            self.support[tasks],
+            self.query[tasks],
+            self.n_way,
+            self.k_support,
+            self.q_query,
+            self.image_indices[tasks],
+        )
+
     def to(self, *args, **kwargs) -> TaskBatch:
         """Views moved/cast like ``Tensor.to`` (e.g. ``.to(torch.float64)`` for exact tests)."""
         return TaskBatch(
@@ -163,21 +174,38 @@ class TaskSampler:
         channels, height, _ = dataset.image_shape
         self.views = SSLViews(augment, height, channels)
 
-    def sample(self, step: int, device: torch.device | str | None = None) -> TaskBatch:
-        """Meta-batch number ``step``, a pure function of ``(seed, step)``.
-
-        Views are made on ``device`` when given (else on the CPU) from parameters drawn on the
-        CPU, so the device changes where the work runs, not which views are drawn (equal up to
-        float rounding; bit-identical between CPU runs). ``image_indices`` stay on the CPU.
-        """
+    def _draw(self, step: int) -> tuple[np.random.Generator, np.ndarray]:
+        """The step's generator, after it chose the images ``[B, N]`` of the B tasks."""
         rng = np.random.default_rng([self.seed, step])
         chosen = np.stack(
             [
                 rng.choice(len(self.dataset), size=self.n_way, replace=False)
                 for _ in range(self.meta_batch)
             ]
-        )  # [B, N]
-        images = self.dataset.get_batch(chosen.reshape(-1))
+        )
+        return rng, chosen
+
+    def image_indices(self, step: int) -> np.ndarray:
+        """The dataset items ``[B·N]`` meta-batch ``step`` is built from, task-major (what a
+        prefetching loader fetches for :meth:`sample`)."""
+        return self._draw(step)[1].reshape(-1)
+
+    def sample(
+        self,
+        step: int,
+        device: torch.device | str | None = None,
+        images: torch.Tensor | None = None,
+    ) -> TaskBatch:
+        """Meta-batch number ``step``, a pure function of ``(seed, step)``.
+
+        Views are made on ``device`` when given (else on the CPU) from parameters drawn on the
+        CPU, so the device changes where the work runs, not which views are drawn (equal up to
+        float rounding; bit-identical between CPU runs). ``image_indices`` stay on the CPU.
+        ``images`` are ``dataset.get_batch(image_indices(step))`` when already fetched.
+        """
+        rng, chosen = self._draw(step)
+        if images is None:
+            images = self.dataset.get_batch(chosen.reshape(-1))
         if device is not None:
             images = images.to(device, non_blocking=True)
         images = images.reshape(self.meta_batch, self.n_way, *images.shape[1:])

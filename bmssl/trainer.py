@@ -18,6 +18,12 @@ and ``load_state_dict`` (and ``backbone``, the network it pre-trains). ``fit`` t
 A trainer made on an ``out_dir`` that holds ``last.pt`` resumes from it, and a resumed CPU run
 ends with the same weights and record as an uninterrupted one.
 
+Under ``torchrun`` (a process group, :mod:`bmssl.distributed`) every rank runs ``fit``; a trainer
+with ``data_parallel = True`` splits each step's global batch across them. Only rank 0 writes
+(run lock, checkpoints, ``history.json``, ``metrics.csv``, ``tb/``), shows progress and calls
+``on_eval``; every rank resumes from rank 0's ``last.pt``. Every rank validates (no rank idles
+through a long evaluation) and keeps rank 0's metrics, so all make the same checkpoint calls.
+
 Contract for searches (``tuning``): metrics always carry ``"val_acc"`` (higher is better) and
 ``"step"``.
 """
@@ -36,6 +42,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from bmssl import distributed
 from bmssl.checkpoints import load_checkpoint, save_checkpoint, seed_everything
 from bmssl.errors import NonFiniteLossError, UserError
 from bmssl.io import write_json, write_text
@@ -45,13 +52,34 @@ DEFAULT_LOG_EVERY = 10
 
 
 def resolve_device(name: str) -> torch.device:
-    """``"auto"`` (CUDA when available, else CPU), ``"cpu"`` or ``"cuda[:N]"``."""
+    """``"auto"`` (CUDA when available, else CPU), ``"cpu"`` or ``"cuda[:N]"``.
+
+    Under ``torchrun`` (``LOCAL_RANK`` set) ``auto`` and ``cuda`` are ``cuda:LOCAL_RANK``, one GPU
+    per process; ``cuda:N`` with several processes is refused (they would share one GPU).
+    """
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        name = "cuda"
     if name != "cpu" and not name.startswith("cuda"):
         raise UserError(f"device={name!r} is not supported; use auto, cpu or cuda[:N]")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"device={name!r} was asked for but CUDA is not available; use device=cpu")
+    local = distributed.local_rank()
+    if name == "cuda" and local is not None:
+        visible = torch.cuda.device_count()
+        if local >= visible:
+            raise UserError(
+                f"LOCAL_RANK={local} but only {visible} GPU(s) are visible; launch at most "
+                f"--nproc_per_node {visible}"
+            )
+        return torch.device("cuda", local)
+    world = distributed.launched_world()
+    if name.startswith("cuda:") and world > 1:
+        raise UserError(
+            f"device={name} would put all {world} torchrun processes on one GPU; use "
+            "device=auto or device=cuda (process r trains on cuda:LOCAL_RANK)"
+        )
     return torch.device(name)
 
 
@@ -121,13 +149,18 @@ class Trainer:
 
     #: name of the method, written into checkpoints
     method: str = "trainer"
+    #: whether ``train_step`` splits its work across torchrun processes (see the module docstring)
+    data_parallel: bool = False
+    #: the prefetching loader of the training images, made on first use (closed after ``fit``)
+    loader: Any = None
 
     def __init__(
         self, config: Any, out_dir: str | Path | None = None, progress: bool = True
     ) -> None:
         self.config = config
         self.out_dir = Path(out_dir) if out_dir is not None else None
-        self.progress = progress
+        self.rank, self.world = distributed.rank(), distributed.world_size()
+        self.progress = progress and self.rank == 0
         self.step = 0
         self.history: list[dict[str, float]] = []
         self.record = RunRecord()
@@ -159,6 +192,11 @@ class Trainer:
 
     # -- driver -------------------------------------------------------------------------------
     @property
+    def is_main(self) -> bool:
+        """Rank 0 (or the only process): the one that writes the run folder."""
+        return self.rank == 0
+
+    @property
     def checkpoint_path(self) -> Path | None:
         return self.out_dir / "checkpoints" / "last.pt" if self.out_dir is not None else None
 
@@ -167,10 +205,15 @@ class Trainer:
         return self.out_dir / "checkpoints" / "best.pt" if self.out_dir is not None else None
 
     def save(self, path: str | Path | None = None) -> Path:
-        """Atomically write a full checkpoint (default: ``<out_dir>/checkpoints/last.pt``)."""
+        """Atomically write a full checkpoint (default: ``<out_dir>/checkpoints/last.pt``).
+
+        Ranks other than 0 write nothing and return the path rank 0 writes.
+        """
         target = Path(path) if path is not None else self.checkpoint_path
         if target is None:
             raise ValueError("save() needs a path when the trainer has no out_dir")
+        if not self.is_main:
+            return target
         return save_checkpoint(
             target,
             {
@@ -217,9 +260,9 @@ class Trainer:
         """Train to ``config.steps`` (or stop early after ``max_steps`` more steps); last metrics.
 
         A run folder is locked while it trains: a second process on the same ``out_dir`` is
-        refused with a message naming the first.
+        refused with a message naming the first (rank 0 holds the lock for all ranks).
         """
-        if self.out_dir is None:
+        if self.out_dir is None or not self.is_main:
             return self._fit(on_eval, max_steps)
         from bmssl.runlock import RunLock
 
@@ -228,6 +271,8 @@ class Trainer:
 
     def _fit(self, on_eval: EvalCallback | None, max_steps: int | None) -> dict[str, float]:
         self.maybe_resume()
+        # Every rank has read last.pt before rank 0 may overwrite it.
+        distributed.barrier()
         total = int(self.config.steps)
         eval_every = int(getattr(self.config, "eval_every", 0) or total or 1)
         stop = total if max_steps is None else min(total, self.step + max_steps)
@@ -238,7 +283,9 @@ class Trainer:
             bar = tqdm(
                 total=total, initial=self.step, desc=self.method, leave=False, dynamic_ncols=True
             )
-        writer = _summary_writer(self.out_dir / "tb") if self.out_dir is not None else None
+        writer = None
+        if self.out_dir is not None and self.is_main:
+            writer = _summary_writer(self.out_dir / "tb")
         metrics: dict[str, float] = self.history[-1] if self.history else {}
         started = time.perf_counter()
         try:
@@ -256,20 +303,32 @@ class Trainer:
                 if validate:
                     metrics = {**logs, **self.validate(), "step": float(self.step)}
                     metrics["time_s"] = time.perf_counter() - started
+                    # Rank 0's record everywhere: every rank then makes the same checkpoint calls.
+                    metrics = distributed.broadcast_object(metrics)
                     self.history.append(metrics)
                     val = {k: v for k, v in metrics.items() if k.startswith("val")}
                     self._log_row(writer, val)
                     path = self._save_all(metrics)
-                    if on_eval is not None:
+                    if on_eval is not None and self.is_main:
                         on_eval(self.step, metrics, path)
                 elif self.step % self.log_every == 0:
                     self._log_row(writer, {})
         finally:
+            self.close()
             if bar is not None:
                 bar.close()
             if writer is not None:
                 writer.close()
+        # When fit returns on any rank, rank 0's last checkpoint is on disk (a trainer made next
+        # on the same folder resumes from it).
+        distributed.barrier()
         return metrics
+
+    def close(self) -> None:
+        """Stop the data loader's worker processes (a later ``fit`` makes a new loader)."""
+        if self.loader is not None:
+            self.loader.close()
+            self.loader = None
 
     def _check_finite(self, logs: dict[str, float]) -> None:
         for key, value in logs.items():
@@ -293,9 +352,12 @@ class Trainer:
         improved = val is not None and (self.best_val is None or val > self.best_val)
         if improved:
             self.best_val = float(val)  # type: ignore[arg-type]
+        # Every rank calls save (a subclass may synchronise in it); only rank 0 writes.
         path = self.save()
         if improved:
             self.save(self.best_path)
+        if not self.is_main:
+            return path
         write_json(self.out_dir / "history.json", self.history)
         # Written with each checkpoint, not each row: rewriting the whole file every log_every
         # steps costs O(rows²) over a long run, and the rows after the last checkpoint are

@@ -10,6 +10,7 @@ from bmssl.data.base import (
     preload_images,
 )
 from bmssl.data.images import CorruptImageError, convert_image
+from bmssl.data.loader import StepBatchLoader
 from bmssl.data.registry import (
     PROTOCOLS,
     get_dataset,
@@ -28,6 +29,7 @@ __all__ = [
     "PILImageDataset",
     "STRENGTHS",
     "SSLViews",
+    "StepBatchLoader",
     "SubsetByClass",
     "TensorImageDataset",
     "convert_image",

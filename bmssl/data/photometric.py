@@ -1,13 +1,18 @@
-"""Batched photometric ops of the SSL views: per-image brightness, contrast, saturation, hue,
-grayscale and Gaussian blur on ``[m, C, H, W]`` tensors, matching torchvision's per-image
-definitions (``torchvision.transforms.v2.functional``) to float rounding."""
+"""Batched photometric ops of the SSL views on ``[m, C, H, W]`` tensors, per-image parameters,
+matching torchvision's per-image definitions (``torchvision.transforms.v2.functional``) to float
+rounding: the colour-jitter blends, hue rotation and grayscale, and the pieces of separable
+filters (Gaussian taps, reflect padding, weighted bags of rows) that the blur and the resize use.
+
+The colour ops are pointwise, so the views may hold their images transposed (``[m, C, W, H]``)
+while they run; they work in place on tensors the caller owns (on the CPU, blocks of images
+that stay in cache). Per-image factors come as ``[m, 1, 1, 1]`` tensors.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
 
 import torch
-import torch.nn.functional as F
 
 #: torchvision's luma weights (ITU-R 601-2)
 LUMA = (0.2989, 0.587, 0.114)
@@ -15,89 +20,101 @@ LUMA = (0.2989, 0.587, 0.114)
 
 def rgb_luma(x: torch.Tensor) -> torch.Tensor:
     """Luma ``[m, 1, H, W]`` of RGB images ``[m, 3, H, W]`` (torchvision's weights and order)."""
-    r, g, b = x.unbind(1)
-    return r.mul(LUMA[0]).add_(g, alpha=LUMA[1]).add_(b, alpha=LUMA[2]).unsqueeze(1)
+    r, g, b = x.split(1, 1)
+    return r.mul(LUMA[0]).add_(g, alpha=LUMA[1]).add_(b, alpha=LUMA[2])
 
 
-# The colour ops below work in place on views the caller owns: fresh large tensors cost page
-# faults on the CPU, which dominate these memory-bound passes. ``f`` is per image, [m, 1, 1, 1].
-
-
-def brightness_(x: torch.Tensor, f: torch.Tensor) -> None:
-    """``x ← clamp(f·x, 0, 1)``."""
-    x.mul_(f).clamp_(0.0, 1.0)
-
-
-def blend_(x: torch.Tensor, other: torch.Tensor, f: torch.Tensor) -> None:
-    """``x ← clamp(f·x + (1 − f)·other, 0, 1)``."""
-    x.mul_(f).add_(other.mul(1 - f)).clamp_(0.0, 1.0)
-
-
-def contrast_(x: torch.Tensor, f: torch.Tensor) -> None:
-    """Blend towards the image's mean luma (its mean value for 1-channel images)."""
-    if x.shape[1] == 3:
-        weights = torch.tensor(LUMA, dtype=x.dtype, device=x.device)
-        mean = (x.mean(dim=(2, 3)) @ weights).view(-1, 1, 1, 1)  # mean of luma, one pass
-    else:
-        mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    blend_(x, mean, f)
+def scale_shift_(x: torch.Tensor, f: torch.Tensor, shift: torch.Tensor | None) -> None:
+    """``x ← clamp(f·x + shift, 0, 1)``: brightness (``shift = 0``) and contrast
+    (``shift = (1 − f)·mean luma``) blends, each image its own ``f`` and ``shift``."""
+    x.mul_(f)
+    if shift is not None:
+        x.add_(shift)
+    x.clamp_(0.0, 1.0)
 
 
 def saturation_(x: torch.Tensor, f: torch.Tensor) -> None:
-    """Blend towards each pixel's luma."""
-    blend_(x, rgb_luma(x), f)
+    """``x ← clamp(f·x + (1 − f)·luma(x), 0, 1)`` (RGB)."""
+    torch.lerp(rgb_luma(x), x, f, out=x)
+    x.clamp_(0.0, 1.0)
 
 
-def hue_(x: torch.Tensor, f: torch.Tensor) -> None:
-    """Rotate the HSV hue by ``f`` turns, keeping value (max) and saturation (range / max).
+def grayscale_(x: torch.Tensor) -> None:
+    """Every channel of RGB images ``x`` set to their luma."""
+    x.copy_(rgb_luma(x))
 
-    Hue in sixths: ``h = (g − b)/d`` if max = r, else ``2 + (b − r)/d`` if max = g, else
-    ``4 + (r − g)/d`` (``d`` = max − min; torchvision's precedence on ties), so ``h ∈ [−1, 5]``
-    and the rotated ``h' = h + 6f ∈ [−4, 8]``. Back to RGB in closed form: channel ``k`` is
-    ``min + d·clamp(2 − δ_k, 0, 1)`` with ``δ_k`` the circular distance (period 6) from ``h'``
-    to the channel's own hue ``2k``; for ``a = |h' − 2k| ≤ 12``, ``δ_k = 3 − ||a − 6| − 3|``, so
-    no wrap-around (``floor``/``fmod``, slow here) is needed. Masks are built by arithmetic
-    (``1 + sign(c − max)`` is 1 exactly where ``c`` is the max): boolean ops are slower too.
+
+def hue_offsets(turns: torch.Tensor) -> torch.Tensor:
+    """Per-image, per-channel coefficients ``[m, 3]`` of :func:`hue_` for hue shifts ``turns``:
+    ``6·turns − 2k + 6·⌈(1 + 2k − 6·turns)/6⌉ − 6`` for channel ``k``."""
+    shift = 6 * turns.double().view(-1, 1) - 2 * torch.arange(3, dtype=torch.float64)
+    return shift + 6 * torch.ceil((1 - shift) / 6) - 6
+
+
+def hue_(x: torch.Tensor, offsets: torch.Tensor) -> None:
+    """Rotate the HSV hue of RGB images ``x`` in place; ``offsets [m, 3, 1, 1]`` from
+    :func:`hue_offsets`.
+
+    With ``M``, ``m``, ``d = M − m`` a pixel's max, min and range, ``D = d·h`` for its hue
+    ``h ∈ [−1, 5]`` in sixths is ``g − b`` (r max), ``2d + b − r`` (g max), ``4d + r − g``
+    (b max; torchvision's precedence on ties); with ``n_c = [c < M] ∈ {0, 1}`` that is
+    ``D = (g − b) − n_r·((r + g − 2b − 2d) + n_g·(g + b − 2r − 2d))`` (one comparison per
+    indicator, written straight into a float tensor). The rotated channel
+    ``k`` is ``m + d·clamp(2 − δ, 0, 1)``, ``δ`` the distance to 6ℤ of ``u = h + 6·turns − 2k``
+    moved by whole turns into ``[0, 12]``, where ``δ = 3 − ||u − 6| − 3|``. Times ``d``, with
+    ``Y_k = D + offsets_k·d = d·(u − 6)``: channel ``k = clamp(m − d + ||Y_k| − 3d|, m, M)``.
+    No division: gray pixels (``d = 0``) come back exactly.
     """
-    r, g, b = x.unbind(1)
-    high, low = x.amax(1), x.amin(1)
-    is_r = torch.sub(r, high).sign_().add_(1)
-    is_g = torch.sub(g, high).sign_().add_(1).mul_(1 - is_r)
-    d = high.sub_(low)
-    # h·d = blue's case, plus is_r·(red's − blue's) + is_g·(green's − blue's).
-    h = torch.sub(r, g).add_(d, alpha=4)
-    red, green = torch.sub(g, b).sub_(h), torch.sub(b, r).add_(d, alpha=2).sub_(h)
-    h.addcmul_(red, is_r).addcmul_(green, is_g)
-    # Gray pixels (d = 0) get h = 0/tiny = 0 and come back as min = max, whatever their hue.
-    h.div_(torch.clamp_min(d, torch.finfo(d.dtype).tiny)).add_(6 * f.view(-1, 1, 1))
-    centres = torch.tensor((0.0, 2.0, 4.0), dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    torch.sub(h.unsqueeze(1), centres, out=x)  # r, g, b are no longer needed
-    x.abs_().sub_(6).abs_().sub_(3).abs_().sub_(1).clamp_(0.0, 1.0)  # clamp(2 − δ, 0, 1)
-    x.mul_(d.unsqueeze(1)).add_(low.unsqueeze(1))
+    r, g, b = x.split(1, 1)
+    high = torch.maximum(r, g)
+    high = torch.maximum(high, b, out=high)
+    low = torch.minimum(r, g)
+    low = torch.minimum(low, b, out=low)
+    d = high - low
+    n_r = torch.lt(r, high, out=torch.empty_like(d))
+    n_g = torch.lt(g, high, out=torch.empty_like(d))
+    q = torch.add(r, g).add_(b).sub_(d, alpha=2.0)  # r + g + b − 2d
+    rg = torch.sub(q, b, alpha=3.0)
+    gb = q.sub_(r, alpha=3.0)
+    hue = torch.sub(g, b).addcmul_(n_r, rg.addcmul_(n_g, gb), value=-1.0)
+    # r, g and b have been read: x now takes Y_0, Y_1, Y_2.
+    for channel, offset in zip((r, g, b), offsets.split(1, 1)):
+        torch.addcmul(hue, d, offset, out=channel)
+    x.abs_().sub_(d, alpha=3.0).abs_()
+    x.add_(low - d).clamp_(min=low, max=high)
 
 
-JITTER_OPS: tuple[Callable[[torch.Tensor, torch.Tensor], None], ...] = (
-    brightness_,
-    contrast_,
-    saturation_,
-    hue_,
-)
-
-
-def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel: int) -> torch.Tensor:
-    """Separable Gaussian blur with per-image ``sigma [m]`` and reflect padding (GaussianBlur's).
-
-    Weights ``∝ exp(−i²/(2σ²))`` for ``i = −k//2 .. k//2``, normalised; one depthwise convolution
-    per axis with a group per (image, channel). Channels-last layout, where oneDNN's depthwise
-    kernels vectorise across the groups (about 1.6× faster on the CPU than contiguous).
-    """
-    m, c, height, width = x.shape
+def gaussian_weights(sigma: torch.Tensor, kernel: int) -> torch.Tensor:
+    """Gaussian taps ``[m, kernel]`` ``∝ exp(−i²/(2σ²))``, ``i = −k//2 .. k//2``, normalised."""
     half = kernel // 2
-    pos = torch.arange(-half, half + 1, dtype=torch.float64)
-    weights = torch.softmax(-(pos / sigma.view(-1, 1)).pow(2) / 2, dim=1)  # [m, k]
-    weights = weights.to(x.device, x.dtype).repeat_interleave(c, dim=0)  # [m·c, k]
-    y = x.reshape(1, m * c, height, width).contiguous(memory_format=torch.channels_last)
-    y = F.pad(y, (half, half, half, half), mode="reflect")
-    y = F.conv2d(y, weights.view(m * c, 1, 1, kernel), groups=m * c)
-    y = F.conv2d(y, weights.view(m * c, 1, kernel, 1), groups=m * c)
-    return y.view(m, c, height, width)
+    pos = torch.arange(-half, half + 1, dtype=torch.float64, device=sigma.device)
+    return torch.softmax(-(pos / sigma.double().view(-1, 1)).pow(2) / 2, dim=1)
+
+
+@functools.lru_cache(maxsize=32)
+def reflect_taps(size: int, kernel: int) -> torch.Tensor:
+    """Source indices ``[size, kernel]`` of a ``kernel``-tap filter along an axis of ``size`` with
+    reflect padding (``−i → i``, ``size − 1 + i → size − 1 − i``), as ``F.pad(mode="reflect")``."""
+    half = kernel // 2
+    if size <= half:
+        raise ValueError(f"a blur of {kernel} taps needs images larger than {half} px")
+    idx = torch.arange(size).view(-1, 1) + torch.arange(-half, half + 1)
+    idx = torch.where(idx < 0, -idx, idx)
+    return torch.where(idx > size - 1, 2 * (size - 1) - idx, idx)
+
+
+def bag_rows(
+    table: torch.Tensor, index: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor
+) -> torch.Tensor:
+    """Weighted sums of rows: ``out[r] = Σ_j weight[r·k + j] · table[index[r·k + j]]`` for
+    ``table [R, B]``, ``k`` taps per output row and ``offsets = (0, k, 2k, …)``, one per row.
+
+    One ``embedding_bag`` call: a filter along the outer axis of images reads them in
+    contiguous rows (a gather along the last axis would not).
+    """
+    return torch.embedding_bag(table, index, offsets, False, 0, False, weight)[0]
+
+
+def transposed(x: torch.Tensor) -> torch.Tensor:
+    """``x [m, C, A, B]`` as a contiguous ``[m, C, B, A]``."""
+    return x.transpose(2, 3).contiguous()

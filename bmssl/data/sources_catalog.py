@@ -53,10 +53,12 @@ class Source:
 
 NOT_FETCHABLE: dict[str, str] = {
     "miniimagenet": (
-        "miniImageNet has no public source with a stable checksum, so it is not fetched: obtain "
-        "learn2learn's pickles (mini-imagenet-cache-{train,validation,test}.pkl) or the Ravi & "
-        "Larochelle layout (ROOT/images/ plus train.csv, val.csv, test.csv with columns "
-        "filename,label) and pass root=ROOT"
+        "miniImageNet has no public source with a stable checksum, so it is not fetched: put "
+        "learn2learn's pickle cache in ROOT (the three files mini-imagenet-cache-train.pkl, "
+        "-validation.pkl and -test.pkl that learn2learn.vision.datasets.MiniImagenet(ROOT, mode, "
+        "download=True) writes for mode train, validation and test; read as they are, without "
+        "running code from them), or the Ravi & Larochelle layout (ROOT/images/ plus train.csv, "
+        "val.csv, test.csv with columns filename,label), and pass root=ROOT"
     ),
 }
 

@@ -1,19 +1,15 @@
 """SimCLR-style augmentation of image batches, with a strength level, made batch-wide.
 
 Every image of a batch gets its own, independently drawn parameters (crop box, flip, rotation,
-colour factors and their order, grayscale, blur), and the whole batch is then transformed with a
-few batched tensor operations on the batch's device:
-
-- geometry: one ``grid_sample`` per batch, its grid ``θ·(x, y, 1)`` built from each image's
-  composite affine map ``θ`` (crop, affine warp, flip). Crop levels sample bilinearly with the
-  grid clamped to the crop box's pixel centres, which is exactly ``resized_crop`` (crop, then
-  bilinear resize; it upscales, so antialiasing changes nothing) followed by a horizontal flip;
-  ``affine`` samples with nearest neighbour and zero fill, which is exactly torchvision's
-  ``RandomAffine`` (same inverse matrix, same default interpolation and fill).
-- colour, in place: brightness, contrast, saturation and hue on the images whose jitter fires,
-  each image in its own random op order (as ``ColorJitter``; rows sorted by order so each op
-  runs on contiguous slices), then grayscale, then Gaussian blur (a depthwise convolution with
-  a per-image kernel), each on the images it was drawn for.
+colour factors and their order, grayscale, blur), and the whole batch is then transformed with
+batched tensor operations on the batch's device (:mod:`bmssl.data.render`, with the colour and
+blur ops of :mod:`bmssl.data.photometric`): crop levels resize separably, rows then columns,
+with the taps and weights of torch's antialiased bilinear resize, which is exactly
+``resized_crop`` followed by the flip; ``affine`` samples with nearest neighbour and zero fill,
+which is exactly torchvision's ``RandomAffine``; then colour jitter in each image's own op
+order, grayscale and Gaussian blur, each on the images it was drawn for. On the CPU the rows
+run in cache-sized blocks (``benchmarks/bench_views.py`` compares the cost with the per-image
+path's).
 
 The parameter distributions are those of the per-image torchvision pipeline
 (:func:`ssl_transform`, kept as the reference), so given the same parameters the two paths agree
@@ -44,10 +40,9 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torchvision.transforms import v2
 
-from bmssl.data import photometric
+from bmssl.data import render
 from bmssl.errors import check_choice
 
 STRENGTHS = ("none", "weak", "default", "strong", "affine")
@@ -205,12 +200,6 @@ def _seeded_generator() -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def _rows(mask: torch.Tensor, device: torch.device) -> torch.Tensor | None:
-    """Indices (on ``device``) of the True rows of a CPU mask; None when there are none."""
-    rows = mask.nonzero().squeeze(1)
-    return rows.to(device) if len(rows) else None
-
-
 class SSLViews:
     """Callable turning a batch ``[B, C, H, W]`` (float in [0, 1]) into one augmented view of each
     image, parameters drawn independently per image (see the module docstring for the ranges).
@@ -297,102 +286,10 @@ class SSLViews:
             raise TypeError(f"views need float images in [0, 1], got {batch.dtype}")
         if self.level is None or batch.shape[0] == 0:
             return batch.clone()
-        x = self._geometry(batch, params)
-        self._jitter_(x, params)
-        if (rows := _rows(params.gray, x.device)) is not None:
-            x.index_copy_(
-                0, rows, photometric.rgb_luma(x.index_select(0, rows)).expand(-1, 3, -1, -1)
-            )
-        if (rows := _rows(params.blur, x.device)) is not None:
-            sigma = params.sigma[params.blur]
-            x.index_copy_(
-                0, rows, photometric.gaussian_blur(x.index_select(0, rows), sigma, self.blur_kernel)
-            )
-        return x.clamp_(0.0, 1.0)
-
-    def _geometry(self, batch: torch.Tensor, p: ViewParams) -> torch.Tensor:
-        """Crop-resize, affine warp and flip as one ``grid_sample``.
-
-        In normalised coordinates (``align_corners=False``: ``[-1, 1]`` spans the pixel edges)
-        output point ``q`` samples the input at ``crop(affine⁻¹(flip(q)))``: flip ``x → −x``;
-        the inverse of torchvision's affine ``T·C·R·S·Sh·C⁻¹`` about the image centre; the crop
-        box ``(t, l, h, w)`` as ``x → (w/W)·x + (2l + w)/W − 1`` (likewise ``y``). The composite
-        ``θ`` is built per image in float64 on the CPU; the grid is ``θ·(x, y, 1)`` summed from
-        a row part and a column part, and crops clamp those to the box's pixel centres, as
-        resizing the cropped image does at its border.
-        """
-        assert self.level is not None
-        n, c, height, width = batch.shape
-        crops = self.level.crop_scale is not None
-        out_h, out_w = (self.image_size, self.image_size) if crops else (height, width)
-        top, left, h, w = p.crop.double().unbind(1)
-        crop = torch.zeros(n, 3, 3, dtype=torch.float64)
-        crop[:, 0, 0], crop[:, 1, 1], crop[:, 2, 2] = w / width, h / height, 1.0
-        crop[:, 0, 2], crop[:, 1, 2] = (2 * left + w) / width - 1, (2 * top + h) / height - 1
-        # torchvision's inverse affine matrix (shear_y = 0) in pixels about the image centre,
-        # conjugated into normalised coordinates of the out_h × out_w image it acts on.
-        rot, sx = torch.deg2rad(p.angle), torch.deg2rad(p.shear)
-        a, b = torch.cos(rot), -(torch.cos(rot) * torch.tan(sx) + torch.sin(rot))
-        cc, d = torch.sin(rot), torch.cos(rot) - torch.sin(rot) * torch.tan(sx)
-        inv = torch.stack([torch.stack([d, -b], 1), torch.stack([-cc, a], 1)], 1)
-        inv = inv / p.scale.view(-1, 1, 1)
-        half = torch.tensor([out_w / 2, out_h / 2], dtype=torch.float64)
-        affine = torch.zeros(n, 3, 3, dtype=torch.float64)
-        affine[:, :2, :2] = inv * half.view(1, 1, 2) / half.view(1, 2, 1)
-        affine[:, :2, 2] = -(inv @ p.translate.double().unsqueeze(2)).squeeze(2) / half
-        affine[:, 2, 2] = 1.0
-        flip = torch.diag_embed(torch.ones(n, 3, dtype=torch.float64))
-        flip[:, 0, 0] = 1.0 - 2.0 * p.flip.double()
-        theta = crop @ affine @ flip  # [n, 3, 3]
-        # Pixel centres of the output, normalised: (2u + 1)/S − 1.
-        bx = (2 * torch.arange(out_w, dtype=torch.float64) + 1) / out_w - 1
-        by = (2 * torch.arange(out_h, dtype=torch.float64) + 1) / out_h - 1
-        cols = theta[:, :2, :1] * bx  # [n, 2, W]: the part that varies along a row
-        rows = theta[:, :2, 1:2] * by  # [n, 2, H]: the part that varies along a column
-        cols[:, 0] += theta[:, 0, 2:]  # shifts: x's to the columns, y's to the rows
-        rows[:, 1] += theta[:, 1, 2:]
-        if crops:  # θ is diagonal here: x depends on columns only, y on rows only
-            lo_x, hi_x = (2 * left + 1) / width - 1, (2 * (left + w) - 1) / width - 1
-            lo_y, hi_y = (2 * top + 1) / height - 1, (2 * (top + h) - 1) / height - 1
-            cols[:, 0] = torch.maximum(torch.minimum(cols[:, 0], hi_x[:, None]), lo_x[:, None])
-            rows[:, 1] = torch.maximum(torch.minimum(rows[:, 1], hi_y[:, None]), lo_y[:, None])
-        cols, rows = (t.transpose(1, 2).to(batch.device, batch.dtype) for t in (cols, rows))
-        grid = cols[:, None, :, :] + rows[:, :, None, :]  # [n, H, W, 2] in one broadcast
-        mode = "bilinear" if crops else "nearest"  # RandomAffine's default is nearest
-        return F.grid_sample(batch, grid, mode=mode, padding_mode="zeros", align_corners=False)
-
-    def _jitter_(self, x: torch.Tensor, p: ViewParams) -> None:
-        """ColorJitter, in place, on the rows whose jitter fired, each in its own op order.
-
-        The jittered rows are gathered once, sorted lexicographically by their op order; then at
-        every slot the rows that share their order up to that slot form a contiguous run and
-        take the same op: at most 4, 12, 24, 24 runs for the four slots of RGB (2, 2 for
-        grayscale), each op applied in place to a slice, and the buffer scattered back.
-        """
-        rows = p.jitter.nonzero().squeeze(1)
-        if len(rows) == 0:
-            return
-        n_ops = p.order.shape[1]
-        order = p.order[rows]
-        code = torch.zeros(len(rows), dtype=torch.long)
-        for slot in range(n_ops):
-            code = code * n_ops + order[:, slot]
-        sort = torch.argsort(code, stable=True)
-        rows, order, code = rows[sort], order[sort], code[sort]
-        factors = p.factors[rows].to(x.device, x.dtype)
-        buf = x.index_select(0, rows.to(x.device))
-        for slot in range(n_ops):
-            prefix = (code // n_ops ** (n_ops - 1 - slot)).tolist()
-            ops = order[:, slot].tolist()
-            start = 0
-            for end in range(1, len(prefix) + 1):
-                if end == len(prefix) or prefix[end] != prefix[start]:
-                    k = ops[start]
-                    photometric.JITTER_OPS[k](
-                        buf[start:end], factors[start:end, k].view(-1, 1, 1, 1)
-                    )
-                    start = end
-        x.index_copy_(0, rows.to(x.device), buf)
+        crop = self.image_size if self.level.crop_scale is not None else None
+        return render.render(
+            batch.contiguous(), params, crop, self.blur_kernel, self.level.blur_p > 0
+        )
 
     def __call__(
         self, batch: torch.Tensor, generator: torch.Generator | None = None

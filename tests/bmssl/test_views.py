@@ -8,7 +8,7 @@ import torch
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from bmssl.data import SSLViews, ssl_transform
+from bmssl.data import SSLViews, photometric, render, ssl_transform
 from bmssl.data.views import _LEVELS, STRENGTHS, ViewParams
 from bmssl.errors import UserError
 
@@ -252,3 +252,43 @@ def test_cuda_views_equal_cpu_views(strength, size, channels):
     # Same parameters; kernels round differently (and nearest may flip at a pixel edge).
     assert float((diff > 1e-4).float().mean()) <= 1e-4
     assert float(diff.median()) < 1e-6
+
+
+def test_blocks_do_not_change_the_views(monkeypatch):
+    """The rows are rendered in blocks (cut to fit the CPU caches); any cut gives the same views."""
+    views = SSLViews("strong", 28, 3)
+    batch = _images(60, 3, 28)
+    params = views.sample_params(60, _gen(8))
+    whole = views.apply(batch, params)
+    monkeypatch.setattr(render, "CPU_BLOCK", 3)
+    assert torch.equal(views.apply(batch, params), whole)
+
+
+@pytest.mark.parametrize(("strength", "channels"), (("strong", 3), ("default", 1), ("affine", 1)))
+def test_rectangular_images_equal_the_per_image_pipeline(strength, channels):
+    views = SSLViews(strength, 28, channels)
+    batch = torch.rand(12, channels, 30, 41, generator=_gen(4))
+    params = views.sample_params(12, _gen(5), (30, 41))
+    got = views.apply(batch, params)
+    want = _reference(views, batch, params)
+    assert (
+        got.shape == want.shape == ((12, channels, 28, 28) if strength != "affine" else batch.shape)
+    )
+    diff = (got - want).abs()
+    assert float((diff > 1e-4).float().mean()) <= 1e-4 and float(diff.median()) < 1e-6
+
+
+def test_hue_rotation_equals_torchvision_on_gray_tied_and_pure_pixels():
+    """Gray pixels (no hue), ties between the largest channels (torchvision's r > g > b
+    precedence), pure and random colours, rotated by shifts up to half a turn either way."""
+    corners = torch.tensor(
+        [[0.5, 0.5, 0.5], [1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0], [0, 1, 1], [1, 0, 1],
+         [0.7, 0.7, 0.2], [0.2, 0.7, 0.7], [0.7, 0.2, 0.7], [0, 0, 0], [1, 1, 1]]
+    )  # fmt: skip
+    pixels = torch.cat([corners, torch.rand(52, 3, generator=_gen(6))]).T.reshape(3, 8, 8)
+    shifts = (-0.5, -0.31, -0.2, -1e-3, 0.0, 0.05, 0.2, 0.5)
+    x = pixels.expand(len(shifts), -1, -1, -1).contiguous()
+    offsets = photometric.hue_offsets(torch.tensor(shifts)).float().view(-1, 3, 1, 1)
+    photometric.hue_(x, offsets)
+    for i, shift in enumerate(shifts):
+        assert (x[i] - TF.adjust_hue(pixels, shift)).abs().max() < 2e-6, shift

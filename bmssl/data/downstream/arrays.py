@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from bmssl.data.base import TensorImageDataset
 from bmssl.data.downstream._common import Parts, Request, downstream_set, locate, torchvision_set
+from bmssl.data.safe_pickle import load_data_pickle
 from bmssl.errors import UserError
 
 
@@ -106,8 +107,9 @@ CIFAR_READ_ERRORS = (OSError, EOFError, KeyError, ValueError, TypeError, pickle.
 
 
 def _unpickle(path: Path) -> dict[str, Any]:
-    with open(path, "rb") as f:
-        return pickle.load(f, encoding="latin1")
+    # CIFAR's pickles hold only dicts, lists and numpy arrays: read them without letting the
+    # file run code (a full pickle.load would run whatever a tampered copy names).
+    return load_data_pickle(path)
 
 
 @lru_cache(maxsize=2)
