@@ -1,5 +1,6 @@
 """Command line: ``python -m reproduce table1|bissl [--config PROFILE] [--out DIR] [--quiet]
-[key=value ...]`` — the same as ``python reproduce/table1.py`` and ``reproduce/bissl_table.py``."""
+[--data-dir DIR] [--download] [key=value ...]`` — the same as ``python reproduce/table1.py`` and
+``reproduce/bissl_table.py``."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         names = "|".join(TABLES)
         print(
             f"usage: python -m reproduce {{{names}}} [--config PROFILE] [--out DIR] [--quiet] "
-            "[key=value ...]\n(python -m reproduce TABLE --help lists each table's options)",
+            "[--data-dir DIR] [--download] [key=value ...]\n"
+            "(python -m reproduce TABLE --help lists each table's options)",
             file=sys.stderr,
         )
         raise SystemExit(0 if argv[:1] in (["-h"], ["--help"]) else 2)

@@ -4,6 +4,9 @@
     python reproduce/bissl_table.py --seeds 5 bilevel.lam=0.01
     python reproduce/bissl_table.py --config paper --data-root pretext=~/data/imagenet \\
         --data-root flowers102=~/data/flowers102 --datasets flowers102
+    python reproduce/bissl_table.py --config paper --data-dir ~/data --download \\
+        --data-root pretext=~/data/imagenet/train --datasets flowers102,dtd
+    python reproduce/bissl_table.py --profile paper-smoke   # every paper path, synthetic data
 
 Rows: the baseline (SimCLR pre-training -> fine-tune) and BiSSL (SimCLR pre-training -> head
 warm-up -> BiSSL -> fine-tune), both fine-tuned the same way (``bissl.pipeline``), and the
@@ -31,10 +34,11 @@ from bmssl.cli import parse_args
 from bmssl.config import options_help
 from bmssl.errors import UserError, cli_entry
 from reproduce.profiles import BiSSLTableProfile, load_profile, seed_overrides, table_parser
+from reproduce.roots import resolve_roots
 from reproduce.tables import (
     CellCache,
     Table,
-    parse_key_values,
+    format_mean_ci,
     prepare_run_dir,
     settings_fingerprint,
 )
@@ -80,10 +84,21 @@ def cell_config(plan: BiSSLTablePlan, dataset: str, seed: int) -> Any:
     values.update(dataset=dataset, seed=seed)
     if dataset in plan.roots:
         values["data_root"] = plan.roots[dataset]
-    if "pretext" in plan.roots:
-        values["pretext.data_root"] = plan.roots["pretext"]
     config = config_from_dict(type(base), values, base=base)
-    return method.load_config(None, plan.overrides, base=config)
+    config = method.load_config(None, plan.overrides, base=config)
+    if "pretext" in plan.roots:
+        config.pretext = pretext_at(config.pretext, plan.roots["pretext"])
+    return config
+
+
+def pretext_at(pretext: Any, root: str) -> Any:
+    """The pretext section reading its set from ``root`` (``--data-root pretext=PATH``): a
+    ``prefix:<path>`` set (``imagefolder:``, ``hf:``) names its folder in the dataset name, which
+    the loader reads instead of ``data_root``, so the path is put there."""
+    dataset = pretext.dataset
+    if ":" in dataset:
+        dataset = f"{dataset.split(':', 1)[0]}:{root}"
+    return dataclasses.replace(pretext, dataset=dataset, data_root=root)
 
 
 def plan_bissl_table(args: argparse.Namespace) -> BiSSLTablePlan:
@@ -103,13 +118,24 @@ def plan_bissl_table(args: argparse.Namespace) -> BiSSLTablePlan:
                 f"dataset {d!r} is not in the {profile.profile} profile; choose from "
                 f"{', '.join(profile.datasets)}"
             )
-    roots = parse_key_values(args.data_root, "--data-root")
     the_plan = BiSSLTablePlan(
-        profile, methods, datasets, roots, list(args.overrides or []), Path(args.out)
+        profile, methods, datasets, {}, list(args.overrides or []), Path(args.out)
     )
     the_plan.out = the_plan.out / profile.profile
+    configs = {d: cell_config(the_plan, d, profile.seeds[0]) for d in datasets}  # bad options
+
+    def probe(name: str, root: str) -> None:
+        config = configs[name]
+        load_downstream(name, root, "test", config.image_size, config.dataset_options)
+
+    synthetic = the_plan.out / "smoke-data" if profile.synthetic_data else None
+    wanted = [*datasets, "pretext"] if synthetic is not None else datasets
+    the_plan.roots = resolve_roots(
+        args.data_root, args.data_dir, wanted, download=args.download, probe=probe,
+        synthetic=synthetic, quiet=args.quiet,
+    )  # fmt: skip
     for d in datasets:
-        config = cell_config(the_plan, d, profile.seeds[0])  # bad options raise here
+        config = cell_config(the_plan, d, profile.seeds[0])
         load_downstream(d, config.data_root, "train", config.image_size, config.dataset_options)
         load_split(config.pretext_run(), "train")  # the pretext set's root, checked once
     return the_plan
@@ -197,13 +223,14 @@ def main(argv: list[str] | None = None) -> Table:
                 per_seed.setdefault(method, {})[col] = vals
                 mean, half = t_interval(vals)
                 raw = {"mean": mean, "half_width": half, "per_seed": vals}
-                table.set(label, col, f"{mean:.2f} ± {half:.2f}", raw=raw)
+                table.set(label, col, format_mean_ci(mean, half), raw=raw)
         table.notes[label] = "this harness"
     if {"baseline", "bissl"} <= set(the_plan.methods):
         for col in columns:
             diffs = [b - a for a, b in zip(per_seed["baseline"][col], per_seed["bissl"][col])]
             mean, half = t_interval(diffs)
-            table.set(DIFF_LABEL, col, f"{mean:+.2f} ± {half:.2f}")
+            text = format_mean_ci(mean, half)
+            table.set(DIFF_LABEL, col, text if text.startswith("-") else f"+{text}")
             table.raw.setdefault(DIFF_LABEL, {})[col] = {
                 "mean": mean,
                 "half_width": half,

@@ -4,6 +4,12 @@ A profile is a YAML file ``reproduce/configs/<table>_<name>.yaml`` (or any path)
 same loader and checks as every method config (:func:`bmssl.config.load_config`), so a bad value
 is one line naming it, and ``key=value`` overrides on the command line change it
 (``episodes=2000``, ``methods=[simclr,bmssl]``).
+
+A profile may start from another: ``derives: paper`` (a profile name of the same table, or a
+YAML path) loads that profile's mapping first and merges this file's on top, mappings key by key
+(``method_overrides.bmssl.steps`` replaces only that value), anything else replaced. The
+paper-smoke profiles derive from the paper profiles this way and override budgets only, so a
+later edit of a paper profile is run by its smoke profile too.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from bmssl.config import load_config
+from bmssl.config import load_config, parse_overrides, read_yaml_mapping
 from bmssl.errors import UserError, check_choice, check_positive
 from bmssl.evaluate import CLASSIFIERS
 
@@ -53,6 +59,9 @@ class Table1Profile:
     model: dict[str, Any] = field(default_factory=dict)
     datasets: dict[str, Any] = field(default_factory=dict)
     method_overrides: dict[str, Any] = field(default_factory=dict)
+    #: read tiny synthetic copies of the datasets, in their real layouts, that the command
+    #: builds under ``<out>/<profile>/smoke-data`` (:mod:`reproduce.smoke_data`; paper-smoke)
+    synthetic_data: bool = False
 
     def validate(self) -> None:
         check_choice("classifier", self.classifier, CLASSIFIERS)
@@ -111,6 +120,9 @@ class BiSSLTableProfile:
     threads: int | None = 1
     config: dict[str, Any] = field(default_factory=dict)
     datasets: dict[str, Any] = field(default_factory=dict)
+    #: read tiny synthetic copies of the downstream and pretext sets, in their real layouts,
+    #: that the command builds under ``<out>/<profile>/smoke-data`` (paper-smoke)
+    synthetic_data: bool = False
 
     def validate(self) -> None:
         _check_seeds(self.seeds)
@@ -131,11 +143,8 @@ def known_profiles(table: str) -> list[str]:
     return sorted(p.stem.removeprefix(f"{table}_") for p in CONFIGS.glob(f"{table}_*.yaml"))
 
 
-def load_profile(
-    cls: type[P], table: str, name_or_path: str, overrides: list[str] | dict[str, Any] = ()
-) -> P:
-    """Profile ``name_or_path`` (``cpu``/``paper``: ``configs/<table>_<name>.yaml``, or a
-    YAML path) of table ``table``, with ``key=value`` overrides."""
+def profile_path(table: str, name_or_path: str) -> Path:
+    """``configs/<table>_<name>.yaml`` of a profile name, or the YAML path given."""
     path = Path(name_or_path).expanduser()
     if not path.suffix and not path.exists():
         path = CONFIGS / f"{table}_{name_or_path}.yaml"
@@ -144,15 +153,83 @@ def load_profile(
                 f"unknown profile {name_or_path!r}; choose one of "
                 f"{', '.join(known_profiles(table))} or pass a YAML path"
             )
-    return load_config(cls, path, overrides)
+    return path
+
+
+def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` on top of ``base``: mappings merged key by key, anything else replaced."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _nested(dotted: dict[str, Any]) -> dict[str, Any]:
+    """``{"a.b": 1}`` -> ``{"a": {"b": 1}}``."""
+    out: dict[str, Any] = {}
+    for key, value in dotted.items():
+        *heads, last = key.split(".")
+        node = out
+        for head in heads:
+            node = node.setdefault(head, {})
+            if not isinstance(node, dict):
+                raise UserError(f"{head} is not a mapping, so {key} cannot be set")
+        node[last] = value
+    return out
+
+
+def profile_mapping(table: str, name_or_path: str, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The YAML mapping of a profile with its ``derives`` chain merged in (parents first)."""
+    path = profile_path(table, name_or_path).resolve()
+    if path in seen:
+        chain = " -> ".join(p.name for p in (*seen, path))
+        raise UserError(f"profile {path.name} derives from itself ({chain}); break the cycle")
+    values = read_yaml_mapping(path)
+    parent = values.pop("derives", None)
+    if parent is None:
+        return values
+    if not isinstance(parent, str) or not parent:
+        raise UserError(
+            f"derives in {path.name} must name a profile or a YAML path, got {parent!r}"
+        )
+    if parent.endswith((".yaml", ".yml")):  # a path, relative to the deriving file
+        source = str(path.parent / Path(parent).expanduser())
+    else:  # a profile name, never a file of the working directory
+        source = str(CONFIGS / f"{table}_{parent}.yaml")
+        if not Path(source).is_file():
+            raise UserError(
+                f"{path.name} derives from unknown profile {parent!r}; choose one of "
+                f"{', '.join(known_profiles(table))} or a YAML path"
+            )
+    return merge(profile_mapping(table, source, (*seen, path)), values)
+
+
+def load_profile(
+    cls: type[P],
+    table: str,
+    name_or_path: str,
+    overrides: list[str] | tuple[str, ...] | dict[str, Any] = (),
+) -> P:
+    """Profile ``name_or_path`` (``cpu``/``paper``: ``configs/<table>_<name>.yaml``, or a
+    YAML path) of table ``table``, with ``key=value`` overrides."""
+    path = profile_path(table, name_or_path)
+    values = read_yaml_mapping(path)
+    if "derives" not in values:
+        return load_config(cls, path, overrides)
+    values = profile_mapping(table, name_or_path)
+    extra = overrides if isinstance(overrides, dict) else parse_overrides(overrides)
+    return load_config(cls, None, merge(values, _nested(dict(extra))))
 
 
 def table_parser(
     prog: str, doc: str, table: str, out: str, epilog: str, data_root_help: str
 ) -> argparse.ArgumentParser:
     """The command line both table drivers share: ``[--config PROFILE] [--out DIR] [--quiet]
-    [--seeds N] [--methods A,B] [--datasets A,B] [--data-root NAME=PATH] [--fresh]
-    [key=value ...]``."""
+    [--seeds N] [--methods A,B] [--datasets A,B] [--data-root NAME=PATH] [--data-dir DIR]
+    [--download] [--fresh] [key=value ...]``."""
     parser = argparse.ArgumentParser(
         prog=prog,
         description=doc,
@@ -174,6 +251,17 @@ def table_parser(
     parser.add_argument("--datasets", help="comma-separated subset of the profile's datasets")
     parser.add_argument(
         "--data-root", action="append", default=[], metavar="NAME=PATH", help=data_root_help
+    )
+    parser.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="root of every dataset not named by --data-root: DIR/<dataset>",
+    )
+    parser.add_argument(
+        "--download",
+        action="store_true",
+        help="before training, fetch the datasets whose root is missing or incomplete "
+        "(python -m bmssl.data fetch) into their root; refused for sets without a public source",
     )
     parser.add_argument("--fresh", action="store_true", help="ignore cached cells and models")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="overrides")

@@ -4,6 +4,9 @@
     python reproduce/table1.py --seeds 1 episodes=500
     python reproduce/table1.py --config paper --data-root omniglot=~/data/omniglot \\
         --data-root miniimagenet=~/data/miniimagenet
+    python reproduce/table1.py --config paper --data-dir ~/data --download \\
+        --data-root miniimagenet=~/data/mini-imagenet      # fetches omniglot into ~/data/omniglot
+    python reproduce/table1.py --profile paper-smoke   # the paper profile's code, tiny synthetic data
 
 Rows are registered methods (``python -m bmssl methods``); columns are ``<dataset> <N>w<K>s``
 cells. Every method is retrained once per seed; within a seed all methods are evaluated on the
@@ -33,7 +36,8 @@ from bmssl.cli import parse_args
 from bmssl.config import options_help
 from bmssl.errors import UserError, cli_entry
 from reproduce.profiles import Table1Profile, load_profile, seed_overrides, table_parser
-from reproduce.tables import CellCache, fingerprint, parse_key_values, prepare_run_dir
+from reproduce.roots import resolve_roots
+from reproduce.tables import CellCache, fingerprint, prepare_run_dir
 
 HERE = Path(__file__).resolve().parent
 
@@ -110,15 +114,54 @@ def plan_table1(args: argparse.Namespace) -> Table1Plan:
     if jobs < 1:
         raise UserError(f"--jobs must be at least 1, got {jobs}")
     jobs = min(jobs, os.cpu_count() or 1)
-    roots = parse_key_values(args.data_root, "--data-root")
     for d in datasets:
-        size = profile.dataset_options(d).get("image_size", 28)
-        test = get_dataset(d, roots.get(d), split="test", image_size=size)
+        for m in methods:
+            method_config(profile, m, d, None, profile.seeds[0])  # bad options raise here
+    out = Path(args.out) / profile.profile
+
+    def probe(name: str, root: str) -> None:
+        get_dataset(name, root, split="test", image_size=_image_size(profile, name))
+
+    roots = resolve_roots(
+        args.data_root, args.data_dir, datasets, download=args.download, probe=probe,
+        synthetic=out / "smoke-data" if profile.synthetic_data else None,
+        synthetic_options={d: fewshot_needs(profile, methods, d) for d in datasets},
+        quiet=args.quiet,
+    )  # fmt: skip
+    for d in datasets:
+        test = get_dataset(d, roots.get(d), split="test", image_size=_image_size(profile, d))
         for n_way, k_shot in profile.cells(d):
             check_episode_shape(test, n_way, k_shot, profile.n_query)
-        for m in methods:
-            method_config(profile, m, d, roots.get(d), profile.seeds[0])  # bad options raise here
-    return Table1Plan(profile, methods, datasets, roots, jobs, Path(args.out) / profile.profile)
+    return Table1Plan(profile, methods, datasets, roots, jobs, out)
+
+
+def _image_size(profile: Table1Profile, dataset: str) -> int:
+    return int(profile.dataset_options(dataset).get("image_size", 28))
+
+
+def fewshot_needs(
+    profile: Table1Profile, methods: list[str], dataset: str
+) -> dict[str, tuple[int, int]]:
+    """``split -> (classes, images each)`` that the run's episodes need of ``dataset``: the
+    table's cells on test, the methods' validation episodes on val, ProtoNet's training
+    episodes on train (what a synthetic copy must hold; :mod:`reproduce.smoke_data`)."""
+    from bmssl.pretrain import VAL_QUERIES
+
+    cells = profile.cells(dataset)
+    needs = {
+        "train": (0, 1),
+        "val": (0, 1),
+        "test": (max(n for n, _ in cells), max(k for _, k in cells) + profile.n_query),
+    }
+    for m in methods:
+        config = method_config(profile, m, dataset, None, profile.seeds[0])
+        if getattr(config, "train_protocol", "fewshot") == "fewshot":
+            wanted = (config.eval_n_way, config.eval_k_shot + VAL_QUERIES)
+            needs["val"] = (max(needs["val"][0], wanted[0]), max(needs["val"][1], wanted[1]))
+        if all(hasattr(config, f) for f in ("n_way", "k_shot", "n_query")):  # episodic training
+            wanted = (config.n_way, config.k_shot + config.n_query)
+            needs["train"] = (max(needs["train"][0], wanted[0]), max(needs["train"][1], wanted[1]))
+    return needs
 
 
 def column_name(dataset: str, n_way: int, k_shot: int) -> str:
@@ -174,13 +217,51 @@ def run_job(job: Job) -> dict[str, Any]:
     test = get_dataset(
         job.dataset, job.config.data_root, split="test", image_size=job.config.image_size
     )
+    evaluated, network = test, backbone
+    if job.classifier != "finetune":
+        # Every cell classifies the same frozen features of the test split: embed it once
+        # rather than once per cell (evaluate_fewshot would embed it whole each time).
+        evaluated, network = embedded_split(backbone, test), torch.nn.Identity()
     results = []
     for n_way, k_shot in job.cells:
         result = evaluate_fewshot(
-            backbone, test, n_way, k_shot, job.n_query, job.episodes, job.classifier, seed=job.seed
-        )
+            network, evaluated, n_way, k_shot, job.n_query, job.episodes, job.classifier,
+            seed=job.seed,
+        )  # fmt: skip
         results.append((n_way, k_shot, {**result.as_dict(), "accuracies": result.accuracies}))
     return {"cells": results, "budget": budget, "curve": curve}
+
+
+def embedded_split(backbone: Any, split: Any) -> Any:
+    """``split`` with its images replaced by ``backbone``'s eval-mode features, embedded once
+    exactly as :func:`bmssl.evaluate.evaluate_fewshot` embeds a split (same batches), so the
+    episodes of every cell score the same features it would compute."""
+    import numpy as np
+    import torch
+
+    from bmssl.data.base import ImageDataset
+    from bmssl.evaluate import embed_dataset
+
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        feats = embed_dataset(backbone, split)
+    finally:
+        backbone.train(was_training)
+
+    class EmbeddedSplit(ImageDataset):
+        def __init__(self) -> None:
+            self.targets = list(split.targets)
+            self.classes = list(split.classes)
+            self.image_shape = (int(feats.shape[1]), 1, 1)
+
+        def __getitem__(self, index: int) -> tuple[torch.Tensor, int | torch.Tensor]:
+            return feats[index], self.targets[index]
+
+        def get_batch(self, indices: Any) -> torch.Tensor:
+            return feats[torch.as_tensor(np.asarray(indices), dtype=torch.long)]
+
+    return EmbeddedSplit()
 
 
 def _job_cost(job: Job) -> float:
