@@ -444,11 +444,14 @@ class BMSSLTrainer(EncoderState, FewShotValidation, Trainer):
         self.encoder.train()
         params: dict[str, torch.Tensor] = dict(self.encoder.named_parameters())
         result = meta_gradient(params, self._model, mine, self.config)
-        # Σ_r (|b_r|/B)·mean_{b_r} = mean over the B tasks; the mean over ranks of W·that share.
-        share = len(mine) * self.world / len(batch)
-        grads = {name: result.grads[name].detach() * share for name in params}
-        terms = torch.stack([result.loss, result.kl, result.ce]).detach().double() * share
-        distributed.all_reduce_mean_([*grads.values(), terms])
+        grads = {name: result.grads[name].detach() for name in params}
+        terms = torch.stack([result.loss, result.kl, result.ce]).detach().double()
+        if self.world > 1:
+            # Σ_r (|b_r|/B)·mean_{b_r} = mean over the B tasks: the mean over ranks of W·share.
+            share = len(mine) * self.world / len(batch)
+            for tensor in [*grads.values(), terms]:
+                tensor.mul_(share)
+            distributed.all_reduce_mean_([*grads.values(), terms])
         self.optimizer.zero_grad(set_to_none=True)
         for name, p in params.items():
             p.grad = grads[name]

@@ -21,22 +21,10 @@ from bissl.objectives import DownstreamModel, upper_bn_mode
 from bmssl.config import config_from_dict
 from bmssl.errors import UserError
 from bmssl.nets import build_encoder
+from tests.bissl.test_bilevel import TINY as BILEVEL_TINY
 
-TINY = {
-    "pretext.image_size": 16,
-    "pretext.width": 4,
-    "pretext.proj_hidden": 16,
-    "pretext.proj_dim": 8,
-    "bilevel.alternations": 2,
-    "bilevel.lower_steps": 2,
-    "bilevel.upper_steps": 2,
-    "bilevel.batch_size": 16,
-    "bilevel.lower_batch_size": 16,
-    "warmup.steps": 5,
-    "cg.iters": 3,
-    "eval_every": 1,
-    "eval_batch_size": 256,
-}
+# The bilevel tests' tiny config, with fewer alternations and validation every alternation.
+TINY = {**BILEVEL_TINY, "bilevel.alternations": 2, "eval_every": 1}
 
 
 def tiny(overrides: dict | None = None) -> BiSSLConfig:
