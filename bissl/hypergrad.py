@@ -61,9 +61,17 @@ def tree_dot(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> torch.Tens
     return torch.stack([torch.sum(x * y) for x, y in zip(a, b, strict=True)]).sum()
 
 
+def _float64_sums(terms: list[torch.Tensor]) -> float:
+    """``Σ_k terms_k`` (0-d tensors), summed in float64 in order, with one device sync.
+
+    One ``.tolist()`` for all the terms: a ``float()`` per tensor would wait on the device once
+    per parameter tensor (hundreds per step for a ResNet)."""
+    return sum(torch.stack(terms).tolist()) if terms else 0.0
+
+
 def tree_norm(a: Sequence[torch.Tensor]) -> float:
     """Euclidean norm of the concatenation of ``a``."""
-    return math.sqrt(sum(float(torch.sum(x.double() ** 2)) for x in a))
+    return math.sqrt(_float64_sums([torch.sum(x.double() ** 2) for x in a]))
 
 
 def tree_cosine(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> float:
@@ -71,7 +79,7 @@ def tree_cosine(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> float:
     na, nb = tree_norm(a), tree_norm(b)
     if na == 0 or nb == 0:
         return 0.0
-    dot = sum(float(torch.sum(x.double() * y.double())) for x, y in zip(a, b, strict=True))
+    dot = _float64_sums([torch.sum(x.double() * y.double()) for x, y in zip(a, b, strict=True)])
     return dot / (na * nb)
 
 
