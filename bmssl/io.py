@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import tempfile
 import threading
 from collections.abc import Callable
@@ -114,6 +115,35 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: st
         if cause is exc and filename == cause.filename:
             raise
         raise OSError(cause.errno, cause.strerror, filename) from exc
+    return path
+
+
+def atomic_link(source: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """Make ``path`` hold the same bytes as ``source``: a hard link where the file system allows
+    one (no second copy on disk), else a copy; either way atomically, as :func:`atomic_write`.
+
+    Safe beside :func:`atomic_write`: a later write of ``source`` renames a new file over it and
+    leaves the linked ``path`` pointing at the old bytes.
+    """
+    source, path = Path(source), Path(path)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.link.tmp"
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        # Some file systems (FAT, some FUSE/object stores) have no hard links.
+        def copy(out: Any) -> None:
+            with open(source, "rb") as src:
+                shutil.copyfileobj(src, out)
+
+        return atomic_write(path, copy, mode="wb")
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
     return path
 
 

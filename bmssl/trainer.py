@@ -45,7 +45,7 @@ from torch import nn
 from bmssl import distributed
 from bmssl.checkpoints import load_checkpoint, save_checkpoint, seed_everything
 from bmssl.errors import NonFiniteLossError, UserError
-from bmssl.io import write_json, write_text
+from bmssl.io import atomic_link, write_json, write_text
 from bmssl.precision import configure_device
 
 DEFAULT_LOG_EVERY = 10
@@ -354,8 +354,9 @@ class Trainer:
             self.best_val = float(val)  # type: ignore[arg-type]
         # Every rank calls save (a subclass may synchronise in it); only rank 0 writes.
         path = self.save()
-        if improved:
-            self.save(self.best_path)
+        if improved and self.is_main:
+            # The same state at the same step: a link, not a second full copy on disk.
+            atomic_link(path, self.best_path)  # type: ignore[arg-type]
         if not self.is_main:
             return path
         write_json(self.out_dir / "history.json", self.history)

@@ -40,6 +40,7 @@ from reproduce.tables import (
     Table,
     format_mean_ci,
     prepare_run_dir,
+    prune_weights,
     settings_fingerprint,
 )
 
@@ -205,6 +206,8 @@ def main(argv: list[str] | None = None) -> Table:
             },
             settings,
         )  # fmt: skip
+        if not profile.keep_checkpoints:
+            prune_weights(run_dir)
     bar.close()
 
     per_seed: dict[str, dict[str, list[float]]] = {}

@@ -62,6 +62,9 @@ class Table1Profile:
     #: read tiny synthetic copies of the datasets, in their real layouts, that the command
     #: builds under ``<out>/<profile>/smoke-data`` (:mod:`reproduce.smoke_data`; paper-smoke)
     synthetic_data: bool = False
+    #: keep each finished cell's weights and resume state (``*.pt`` under its run folder);
+    #: ``false`` deletes them once the cell's result is stored (its records stay)
+    keep_checkpoints: bool = True
 
     def validate(self) -> None:
         check_choice("classifier", self.classifier, CLASSIFIERS)
@@ -123,6 +126,8 @@ class BiSSLTableProfile:
     #: read tiny synthetic copies of the downstream and pretext sets, in their real layouts,
     #: that the command builds under ``<out>/<profile>/smoke-data`` (paper-smoke)
     synthetic_data: bool = False
+    #: as :attr:`Table1Profile.keep_checkpoints`; the shared pretext models are always kept
+    keep_checkpoints: bool = True
 
     def validate(self) -> None:
         _check_seeds(self.seeds)

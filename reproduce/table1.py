@@ -37,7 +37,7 @@ from bmssl.config import options_help
 from bmssl.errors import UserError, cli_entry
 from reproduce.profiles import Table1Profile, load_profile, seed_overrides, table_parser
 from reproduce.roots import resolve_roots
-from reproduce.tables import CellCache, fingerprint, prepare_run_dir
+from reproduce.tables import CellCache, fingerprint, prepare_run_dir, prune_weights
 
 HERE = Path(__file__).resolve().parent
 
@@ -320,13 +320,18 @@ def main(argv: list[str] | None = None) -> Any:
     bar = tqdm(total=len(jobs), desc="table1", disable=not progress, dynamic_ncols=True)
 
     def store(job: Job, result: dict[str, Any]) -> None:
-        cell = {"method": job.method, "dataset": job.dataset, "seed": job.seed, **result}
+        cell = {
+            "method": job.method, "dataset": job.dataset, "seed": job.seed,
+            "config": dataclasses.asdict(job.config), **result,
+        }  # fmt: skip
         cache.put(
             job.method,
             f"{job.dataset}__seed{job.seed}",
             cell,
             settings[job.method, job.dataset, job.seed],
         )
+        if not profile.keep_checkpoints:
+            prune_weights(job.run_dir)
         bar.set_postfix_str(f"{job.method} on {job.dataset}, seed {job.seed}: done")
         bar.update()
 

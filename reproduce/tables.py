@@ -7,6 +7,7 @@ JSON file so that a rerun skips it; the assembled table is written as ``<name>.m
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import hashlib
@@ -52,6 +53,19 @@ def prepare_run_dir(run_dir: Path, settings: str, fresh: bool) -> None:
         shutil.rmtree(run_dir)
     if not stamp.is_file():
         write_text(stamp, settings + "\n")
+
+
+def prune_weights(run_dir: Path) -> int:
+    """Delete the ``*.pt`` files (weights, resume state) under a finished cell's ``run_dir`` and
+    return the bytes freed; its records (metrics, history, curves, settings) stay."""
+    freed = 0
+    for path in sorted(run_dir.rglob("*.pt")):
+        with contextlib.suppress(FileNotFoundError):
+            info = path.stat()
+            path.unlink()
+            # best.pt is often a hard link to last.pt: count the bytes once, at the last name.
+            freed += info.st_size if info.st_nlink == 1 else 0
+    return freed
 
 
 class CellCache:

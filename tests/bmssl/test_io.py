@@ -486,3 +486,28 @@ def test_runlock_on_unwritable_out(tmp_path):
     afile.write_text("x")
     with pytest.raises(UserError, match="is a file"):
         RunLock(afile / "run").acquire()
+
+
+def test_atomic_link_shares_the_bytes_and_outlives_a_rewrite_of_its_source(tmp_path):
+    source, link = tmp_path / "last.pt", tmp_path / "best.pt"
+    write_text(source, "step 2")
+    write_text(link, "an older best")
+    bio.atomic_link(source, link)
+    assert os.stat(source).st_ino == os.stat(link).st_ino  # no second copy on disk
+    write_text(source, "step 4")  # the trainer's next atomic rewrite of last.pt
+    assert link.read_text() == "step 2" and source.read_text() == "step 4"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt"]  # no temp left
+
+
+def test_atomic_link_copies_where_the_file_system_has_no_hard_links(tmp_path, monkeypatch):
+    source, link = tmp_path / "last.pt", tmp_path / "best.pt"
+    write_text(source, "weights")
+
+    def no_links(*_args, **_kwargs):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(bio.os, "link", no_links)
+    bio.atomic_link(source, link)
+    assert link.read_text() == "weights"
+    assert os.stat(source).st_ino != os.stat(link).st_ino
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt"]

@@ -158,3 +158,23 @@ def test_write_all_formats(tmp_path):
     assert data["marks"]["BMSSL (δ > 0)"]["glyphs 5w1s"] == "better"
     assert data["extra_columns"]["budget"]["SimCLR"] == "19.2k views, 41 s"
     assert (tmp_path / "table1.tex").read_text() == table.latex(label="table1")
+
+
+def test_prune_weights_deletes_the_weights_and_keeps_the_records(tmp_path):
+    import os
+
+    from reproduce.tables import prune_weights
+
+    run = tmp_path / "seed0"
+    (run / "bissl" / "checkpoints").mkdir(parents=True)
+    (run / "bissl" / "checkpoints" / "last.pt").write_bytes(b"x" * 100)
+    os.link(run / "bissl" / "checkpoints" / "last.pt", run / "bissl" / "checkpoints" / "best.pt")
+    (run / "finetuned.pt").write_bytes(b"y" * 10)
+    (run / "metrics.json").write_text("{}")
+    (run / "bissl" / "metrics.csv").write_text("step\n")
+    assert prune_weights(run) == 110  # the linked bytes counted once
+    assert sorted(p.relative_to(run).as_posix() for p in run.rglob("*") if p.is_file()) == [
+        "bissl/metrics.csv",
+        "metrics.json",
+    ]
+    assert prune_weights(run) == 0
