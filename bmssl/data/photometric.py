@@ -5,7 +5,10 @@ filters (Gaussian taps, reflect padding, weighted bags of rows) that the blur an
 
 The colour ops are pointwise, so the views may hold their images transposed (``[m, C, W, H]``)
 while they run; they work in place on tensors the caller owns (on the CPU, blocks of images
-that stay in cache). Per-image factors come as ``[m, 1, 1, 1]`` tensors.
+that stay in cache). Per-image factors come as ``[m, 1, 1, 1]`` tensors. On contiguous float32
+CPU blocks the hue and the scale-and-shift run as fused kernels
+(:mod:`bmssl.data.colour_kernels`, the same arithmetic in one pass); elsewhere as the torch ops
+below, which are also those kernels' reference.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from __future__ import annotations
 import functools
 
 import torch
+
+from bmssl.data import colour_kernels
 
 #: torchvision's luma weights (ITU-R 601-2)
 LUMA = (0.2989, 0.587, 0.114)
@@ -27,6 +32,9 @@ def rgb_luma(x: torch.Tensor) -> torch.Tensor:
 def scale_shift_(x: torch.Tensor, f: torch.Tensor, shift: torch.Tensor | None) -> None:
     """``x ← clamp(f·x + shift, 0, 1)``: brightness (``shift = 0``) and contrast
     (``shift = (1 − f)·mean luma``) blends, each image its own ``f`` and ``shift``."""
+    if x.numel() >= colour_kernels.SCALE_SHIFT_MIN_NUMEL and colour_kernels.usable(x):
+        colour_kernels.scale_shift_(x, f, shift)
+        return
     x.mul_(f)
     if shift is not None:
         x.add_(shift)
@@ -65,6 +73,9 @@ def hue_(x: torch.Tensor, offsets: torch.Tensor) -> None:
     ``Y_k = D + offsets_k·d = d·(u − 6)``: channel ``k = clamp(m − d + ||Y_k| − 3d|, m, M)``.
     No division: gray pixels (``d = 0``) come back exactly.
     """
+    if colour_kernels.usable(x):
+        colour_kernels.hue_(x, offsets)
+        return
     r, g, b = x.split(1, 1)
     high = torch.maximum(r, g)
     high = torch.maximum(high, b, out=high)

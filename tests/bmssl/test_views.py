@@ -8,12 +8,21 @@ import torch
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from bmssl.data import SSLViews, photometric, render, ssl_transform
+from bmssl.data import SSLViews, colour_kernels, photometric, render, ssl_transform
 from bmssl.data.views import _LEVELS, STRENGTHS, ViewParams
 from bmssl.errors import UserError
 
 AUGMENTED = ("weak", "default", "strong", "affine")
 SHAPES = ((28, 1), (84, 3))
+
+
+@pytest.fixture(params=["fused", "torch"])
+def colour_path(request, monkeypatch) -> str:
+    """Both implementations of the colour ops: the fused CPU kernels and the torch ops (what
+    other devices run)."""
+    if request.param == "torch":
+        monkeypatch.setattr(colour_kernels, "usable", lambda x: False)
+    return request.param
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -61,7 +70,7 @@ def _reference(views: SSLViews, batch: torch.Tensor, p: ViewParams) -> torch.Ten
 @pytest.mark.parametrize("strength", AUGMENTED)
 @pytest.mark.parametrize(("size", "channels"), SHAPES)
 def test_batched_views_equal_the_per_image_pipeline_given_the_same_parameters(
-    strength, size, channels
+    strength, size, channels, colour_path
 ):
     views = SSLViews(strength, size, channels)
     batch = _images(24, channels, size)
@@ -278,7 +287,7 @@ def test_rectangular_images_equal_the_per_image_pipeline(strength, channels):
     assert float((diff > 1e-4).float().mean()) <= 1e-4 and float(diff.median()) < 1e-6
 
 
-def test_hue_rotation_equals_torchvision_on_gray_tied_and_pure_pixels():
+def test_hue_rotation_equals_torchvision_on_gray_tied_and_pure_pixels(colour_path):
     """Gray pixels (no hue), ties between the largest channels (torchvision's r > g > b
     precedence), pure and random colours, rotated by shifts up to half a turn either way."""
     corners = torch.tensor(
