@@ -81,6 +81,10 @@ def list_datasets() -> list[str]:
     return sorted(_REGISTRY) + [f"{p}:<path>" for p in sorted(_PREFIXES)]
 
 
+#: How a path says it is one: ``hf:./name`` is a folder here, never the Hub dataset ``name``.
+EXPLICIT_RELATIVE = ("./", "../", ".\\", "..\\")
+
+
 def get_dataset(
     name: str,
     root: str | Path | None = None,
@@ -106,7 +110,11 @@ def get_dataset(
             )
         if not path:
             raise UserError(f"dataset {name!r} needs a path after '{prefix}:'")
-        return _PREFIXES[prefix](Path(path).expanduser(), split, protocol, **options)
+        target = Path(path).expanduser()
+        if path.startswith(EXPLICIT_RELATIVE):
+            # Path("./x") is Path("x"): keep the user's "this is a path" (never a Hub name).
+            target = target.absolute()
+        return _PREFIXES[prefix](target, split, protocol, **options)
     if name not in _REGISTRY:
         raise UserError(f"unknown dataset {name!r}; known datasets: {', '.join(list_datasets())}")
     return _REGISTRY[name](root_path, split, protocol, **options)

@@ -205,7 +205,8 @@ def test_the_real_load_dataset_offline_says_so(tmp_path: Path) -> None:
 
 
 def test_bad_names_and_failures(hub: FakeHub, tmp_path: Path) -> None:
-    for name in ("hf:a/b/c", "hf:not a name", f"hf:{tmp_path / 'absent'}"):
+    for name in ("hf:a/b/c", "hf:not a name", f"hf:{tmp_path / 'absent'}", "hf:./mnist",
+                 "hf:../owner/name"):  # fmt: skip
         with pytest.raises(DataNotFoundError, match="no such folder, and not a Hugging Face Hub"):
             get_dataset(name)
     assert hub.calls == []  # never sent to the Hub
