@@ -164,11 +164,55 @@ def average_gradients_(parameters: Iterable[nn.Parameter]) -> None:
 # -- BatchNorm over the global batch ------------------------------------------------------------
 
 
-def _all_reduce_with_grad(t: torch.Tensor) -> torch.Tensor:
-    """``Σ_r t_r`` whose backward is the sum of the ranks' gradients (the adjoint of a sum)."""
-    from torch.distributed.nn.functional import all_reduce
+# torch.distributed.nn.functional's differentiable collectives are deprecated (torch 2.14) for a
+# private module; these two are small enough to keep here, on the public collectives.
 
-    return all_reduce(t, op=dist.ReduceOp.SUM)
+
+class _SumOverRanks(torch.autograd.Function):
+    """``Σ_r t_r``; each rank's input feeds every rank's output, so the backward is also
+    ``Σ_r grad_r``."""
+
+    @staticmethod
+    def forward(ctx: Any, t: torch.Tensor) -> torch.Tensor:
+        out = t.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        out = grad.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        return out
+
+
+class _GatherRows(torch.autograd.Function):
+    """``cat_r t_r`` along rows (equal shapes on every rank); the backward sums the ranks'
+    gradients of the whole output and keeps this rank's rows."""
+
+    @staticmethod
+    def forward(ctx: Any, t: torch.Tensor) -> torch.Tensor:
+        t = t.contiguous()
+        parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, t)
+        ctx.rows = slice(dist.get_rank() * len(t), (dist.get_rank() + 1) * len(t))
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        out = grad.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        return out[ctx.rows]
+
+
+def sum_over_ranks(t: torch.Tensor) -> torch.Tensor:
+    """Differentiable ``Σ_r t_r`` over the process group (``t`` itself in one process)."""
+    return _SumOverRanks.apply(t) if world_size() > 1 else t
+
+
+def gather_rows(t: torch.Tensor) -> torch.Tensor:
+    """Differentiable all-gather of every rank's ``t [n, ...]`` into ``[W·n, ...]`` in rank order
+    (``t`` itself in one process); every rank must pass the same shape."""
+    return _GatherRows.apply(t) if world_size() > 1 else t
 
 
 class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
@@ -194,11 +238,11 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         # The count rides with the sums: one collective and no host sync (ranks may differ in
         # batch size; a float32 count is exact up to 2^24 values per channel, then off by ~1e-7).
         local = x.new_full((1,), float(x.numel() // x.shape[1]))
-        sums = _all_reduce_with_grad(torch.cat([x.sum(dims), local]))
+        sums = sum_over_ranks(torch.cat([x.sum(dims), local]))
         n = sums[-1].detach()
         mean = sums[:-1] / n
         centred = x - mean.view(shape)
-        var = _all_reduce_with_grad(centred.square().sum(dims)) / n
+        var = sum_over_ranks(centred.square().sum(dims)) / n
         y = centred * torch.rsqrt(var + self.eps).view(shape)
         if self.affine:
             y = y * self.weight.view(shape) + self.bias.view(shape)

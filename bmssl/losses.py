@@ -16,9 +16,9 @@ def gather_with_grad(z: torch.Tensor) -> torch.Tensor:
     """All-gather ``z`` across processes, keeping the gradient of this process's slice."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return z
-    from torch.distributed.nn.functional import all_gather
+    from bmssl.distributed import gather_rows
 
-    return torch.cat(all_gather(z), dim=0)
+    return gather_rows(z)
 
 
 def nt_xent(
