@@ -145,21 +145,37 @@ def sample_episodes(
 
 @torch.no_grad()
 def embed_dataset(
-    features: Callable[[torch.Tensor], torch.Tensor], dataset: ImageDataset, batch_size: int = 512
+    features: Callable[[torch.Tensor], torch.Tensor],
+    dataset: ImageDataset,
+    batch_size: int = 512,
+    shard: bool = False,
 ) -> torch.Tensor:
     """Features ``[len(dataset), F]`` (on the CPU) of every image, computed once in batches.
 
     A network whose BatchNorm keeps no running statistics (``bn: batch``) normalises each batch
     with its own statistics, so its features depend on how the set is batched (a folder in
     class order gives one class per batch and loses the class information): it is warned about.
+
+    ``shard``: every rank of a ``torchrun`` group calls this with the same network; rank ``r``
+    embeds batches ``r, r + W, …`` and the ranks exchange them. The batches are those of one
+    process, so are the features, in 1/W of the time (a no-op in one process).
     """
+    from bmssl import distributed
+
     warn_batch_statistics(features)
     device = module_device(features)
-    chunks = []
-    for start in range(0, len(dataset), batch_size):
+    world, rank = (distributed.world_size(), distributed.rank()) if shard else (1, 0)
+    starts = range(0, len(dataset), batch_size)
+    chunks: dict[int, torch.Tensor] = {}
+    for start in starts[rank::world]:
         idx = np.arange(start, min(start + batch_size, len(dataset)))
-        chunks.append(features(dataset.get_batch(idx).to(device)).float().cpu())
-    return torch.cat(chunks)
+        chunks[start] = features(dataset.get_batch(idx).to(device)).float().cpu()
+    if world > 1:
+        shares: list[dict[int, torch.Tensor] | None] = [None] * world
+        torch.distributed.all_gather_object(shares, chunks)
+        for share in shares:
+            chunks.update(share or {})
+    return torch.cat([chunks[start] for start in starts])
 
 
 def warn_batch_statistics(module: object) -> None:
@@ -250,10 +266,13 @@ def evaluate_fewshot(
     progress: bool = False,
     finetune_steps: int = 50,
     finetune_lr: float = 0.01,
+    shard: bool = False,
 ) -> FewShotResult:
     """Accuracy (%) of ``classifier`` on frozen ``backbone`` features over seeded episodes.
 
     ``backbone`` maps images ``[B, C, H, W]`` to features ``[B, F]`` (an ``Encoder``'s backbone).
+    ``shard``: called by every rank of a ``torchrun`` group, which split the embedding
+    (:func:`embed_dataset`); each then scores every episode, so all return the same result.
     """
     check_choice("classifier", classifier, CLASSIFIERS)
     check_positive("episodes", episodes)
@@ -266,7 +285,7 @@ def evaluate_fewshot(
                 backbone, dataset, ep, n_way, finetune_steps, finetune_lr
             )
         else:
-            feats = embed_dataset(backbone, dataset)
+            feats = embed_dataset(backbone, dataset, shard=shard)
             fn = proto_accuracy if classifier == "proto" else logreg_accuracy
             score = lambda ep: fn(feats, ep, n_way)  # noqa: E731
         iterator = eps

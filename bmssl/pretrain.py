@@ -161,6 +161,7 @@ class FewShotValidation:
             n_query=VAL_QUERIES,
             episodes=self.config.eval_episodes,
             seed=self.config.seed,
+            shard=True,  # every rank validates (Trainer.fit): each embeds its share of the set
         )
         return {"val_acc": result.mean, "val_ci95": result.ci95}
 

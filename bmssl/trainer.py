@@ -21,8 +21,9 @@ ends with the same weights and record as an uninterrupted one.
 Under ``torchrun`` (a process group, :mod:`bmssl.distributed`) every rank runs ``fit``; a trainer
 with ``data_parallel = True`` splits each step's global batch across them. Only rank 0 writes
 (run lock, checkpoints, ``history.json``, ``metrics.csv``, ``tb/``), shows progress and calls
-``on_eval``; every rank resumes from rank 0's ``last.pt``. Every rank validates (no rank idles
-through a long evaluation) and keeps rank 0's metrics, so all make the same checkpoint calls.
+``on_eval``; every rank resumes from rank 0's ``last.pt``. Every rank validates and keeps rank
+0's metrics, so all make the same checkpoint calls; few-shot validation
+(:class:`bmssl.pretrain.FewShotValidation`) splits the embedding of the val set across them.
 
 Contract for searches (``tuning``): metrics always carry ``"val_acc"`` (higher is better) and
 ``"step"``.

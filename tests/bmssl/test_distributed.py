@@ -28,6 +28,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from bmssl.distributed import GlobalBatchNorm, global_batchnorm, process_group, shard
+from bmssl.evaluate import embed_dataset
 from bmssl.meta import BMSSLConfig, BMSSLTrainer, model_for_backend
 from bmssl.simclr import SimCLRConfig, SimCLRTrainer
 
@@ -105,6 +106,10 @@ def _worker(rank: int, world: int, port: int, root: str) -> None:
             trainer.fit()
             out[name] = {k: v.clone() for k, v in trainer.encoder.state_dict().items()}
             out[f"{name}_history"] = trainer.history
+            if name == "simclr":  # the val set embedded by both ranks, batch by batch, and alone
+                backbone, val_set = trainer.encoder.backbone.eval(), trainer.val_set
+                out["embedded_shared"] = embed_dataset(backbone, val_set, 50, shard=True)
+                out["embedded_alone"] = embed_dataset(backbone, val_set, 50)
         # stopped after the step-2 checkpoint, then restarted on the same folder by every rank
         SimCLR64(SIMCLR, base / "cut", progress=False).fit(max_steps=2)
         resumed = SimCLR64(SIMCLR, base / "cut", progress=False)
@@ -165,9 +170,11 @@ def test_simclr_two_processes_equal_one(two_process_runs: Path) -> None:
     r0, r1 = _rank(two_process_runs, 0), _rank(two_process_runs, 1)
     _assert_close_states(r0["simclr"], r1["simclr"], rtol=0, atol=0)  # replicas stay identical
     _assert_close_states(r0["simclr"], single.encoder.state_dict(), rtol=1e-9, atol=1e-9)
-    # the logged loss is the global batch's, not one rank's half
+    # the logged loss is the global batch's, not one rank's half; validation (embedded half by
+    # each rank) scores as in one process
     for two, one in zip(r0["simclr_history"], single.history, strict=True):
         assert two["loss"] == pytest.approx(one["loss"], rel=1e-12)
+        assert two["val_acc"] == pytest.approx(one["val_acc"], rel=1e-12)
 
 
 def test_bmssl_two_processes_equal_one(two_process_runs: Path) -> None:
@@ -177,7 +184,7 @@ def test_bmssl_two_processes_equal_one(two_process_runs: Path) -> None:
     _assert_close_states(r0["bmssl"], r1["bmssl"], rtol=0, atol=0)
     _assert_close_states(r0["bmssl"], single.encoder.state_dict(), rtol=1e-9, atol=1e-9)
     for two, one in zip(r0["bmssl_history"], single.history, strict=True):
-        for key in ("loss", "kl", "ce"):
+        for key in ("loss", "kl", "ce", "val_acc"):
             assert two[key] == pytest.approx(one[key], rel=1e-12)
 
 
@@ -189,6 +196,16 @@ def test_float32_two_processes_stay_close_to_one(two_process_runs: Path) -> None
     for key, value in _rank(two_process_runs, 0)["float32"].items():
         torch.testing.assert_close(value, single.encoder.state_dict()[key], rtol=1e-3,
                                    atol=steps_lr, msg=key)  # fmt: skip
+
+
+def test_sharded_embedding_equals_one_process(two_process_runs: Path) -> None:
+    """Each rank embeds every other batch of the val set; exchanged, the features are bit-identical
+    to one process embedding every batch."""
+    r0, r1 = _rank(two_process_runs, 0), _rank(two_process_runs, 1)
+    assert len(r0["embedded_alone"]) > 2 * 50  # several batches per rank
+    for result in (r0, r1):
+        assert torch.equal(result["embedded_shared"], result["embedded_alone"])
+    assert torch.equal(r0["embedded_shared"], r1["embedded_shared"])
 
 
 def test_processes_join_and_leave_the_group_from_the_environment(two_process_runs: Path) -> None:
