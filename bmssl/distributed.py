@@ -168,21 +168,24 @@ def average_gradients_(parameters: Iterable[nn.Parameter]) -> None:
 # private module; these two are small enough to keep here, on the public collectives.
 
 
+def _summed(t: torch.Tensor) -> torch.Tensor:
+    """A contiguous copy of ``t`` summed over the ranks (``t`` itself is left alone)."""
+    out = t.clone(memory_format=torch.contiguous_format)
+    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out
+
+
 class _SumOverRanks(torch.autograd.Function):
     """``Σ_r t_r``; each rank's input feeds every rank's output, so the backward is also
     ``Σ_r grad_r``."""
 
     @staticmethod
     def forward(ctx: Any, t: torch.Tensor) -> torch.Tensor:
-        out = t.clone(memory_format=torch.contiguous_format)
-        dist.all_reduce(out, op=dist.ReduceOp.SUM)
-        return out
+        return _summed(t)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-        out = grad.clone(memory_format=torch.contiguous_format)
-        dist.all_reduce(out, op=dist.ReduceOp.SUM)
-        return out
+        return _summed(grad)
 
 
 class _GatherRows(torch.autograd.Function):
@@ -199,9 +202,7 @@ class _GatherRows(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-        out = grad.clone(memory_format=torch.contiguous_format)
-        dist.all_reduce(out, op=dist.ReduceOp.SUM)
-        return out[ctx.rows]
+        return _summed(grad)[ctx.rows]
 
 
 def sum_over_ranks(t: torch.Tensor) -> torch.Tensor:

@@ -6,19 +6,10 @@ All take L2-normalised embeddings unless stated, and return a scalar mean over r
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
+from bmssl import distributed
 from bmssl.errors import check_positive
-
-
-def gather_with_grad(z: torch.Tensor) -> torch.Tensor:
-    """All-gather ``z`` across processes, keeping the gradient of this process's slice."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return z
-    from bmssl.distributed import gather_rows
-
-    return gather_rows(z)
 
 
 def nt_xent(
@@ -35,20 +26,13 @@ def nt_xent(
     z2 = F.normalize(z2, dim=-1)
     local = torch.cat([z1, z2], dim=0)  # [2B, D]
     b = z1.shape[0]
-    offset = 0
-    if gather:
-        all1, all2 = gather_with_grad(z1), gather_with_grad(z2)
-        others = torch.cat([all1, all2], dim=0)
-        world_b = all1.shape[0]
-        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-        offset = rank * b
-    else:
-        others, world_b = local, b
-    logits = local @ others.T / temperature  # [2B, 2·world_B]
+    # One gather of both views: rank r's rows are [z1_r; z2_r] at r·2B.
+    others = distributed.gather_rows(local) if gather else local  # [2B·W, D]
+    offset = distributed.rank() * 2 * b if gather else 0
+    logits = local @ others.T / temperature  # [2B, 2B·W]
     rows = torch.arange(2 * b, device=z1.device)
-    in_first = rows < b
-    own = torch.where(in_first, rows + offset, rows - b + world_b + offset)
-    positive = torch.where(in_first, rows + offset + world_b, rows - b + offset)
+    own = rows + offset
+    positive = torch.where(rows < b, rows + b, rows - b) + offset
     logits = logits.masked_fill(F.one_hot(own, logits.shape[1]).bool(), float("-inf"))
     return F.cross_entropy(logits, positive)
 
