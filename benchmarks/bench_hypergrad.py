@@ -1,6 +1,6 @@
 """Cost and convergence of BiSSL's hypergradient, in one process, on a SimCLR-pre-trained Conv4.
 
-1. One upper step (``bissl.hypergrad.upper_gradients``, 5 exact CG iterations) with the
+1. One upper step (``bissl.upper.upper_gradients``, 5 exact CG iterations) with the
    first-order graph built once and reused by every Hessian-vector product, against the public
    code's approach (forward + first-order + second-order pass per CG iteration), against a plain
    downstream step (CE forward + backward of head_D∘backbone_D). Gradients of the two upper
@@ -28,6 +28,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,23 +40,18 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bissl.batches import load_downstream  # noqa: E402
+from bissl.cg import conjugate_gradient  # noqa: E402
 from bissl.config import BiSSLConfig  # noqa: E402
-from bissl.hypergrad import (  # noqa: E402
-    CGSettings,
-    HessianVectorProduct,
-    conjugate_gradient,
-    damped_operator,
-    flatten,
-    unflatten,
-    upper_gradients,
-)
+from bissl.hvp import HessianVectorProduct, damped_operator  # noqa: E402
 from bissl.objectives import (  # noqa: E402
     DownstreamModel,
     downstream_loss,
     frozen_bn_statistics,
     pretext_loss_of_backbone,
 )
-from bissl.pipeline import pretext_encoder  # noqa: E402
+from bissl.stages import pretext_encoder  # noqa: E402
+from bissl.trees import flatten, unflatten  # noqa: E402
+from bissl.upper import upper_gradients  # noqa: E402
 from bmssl.checkpoints import seed_everything  # noqa: E402
 from bmssl.config import config_from_dict  # noqa: E402
 from bmssl.data import SSLViews  # noqa: E402
@@ -111,8 +107,7 @@ def stall_point(history: list[float]) -> dict[str, float]:
     return {"best_iteration": k, "best_rel_residual": history[k], "final_rel_residual": history[-1]}
 
 
-@cli_entry
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--width", type=int, default=32)
     parser.add_argument("--batch", type=int, default=64, help="downstream and pretext batch")
@@ -129,9 +124,38 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("width", "batch", "cg_iters", "max_iters", "repeats", "threads"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
-    torch.set_num_threads(args.threads)
-    seed_everything(0)
+    return args
 
+
+@dataclass
+class Problem:
+    """One upper step's inputs: the pre-trained encoder (θ_P), model_D, a downstream batch
+    ``(x, y)``, a pretext pair and the pretext loss ``f(θ)`` of the backbone."""
+
+    cfg: BiSSLConfig
+    encoder: Any
+    model_d: DownstreamModel
+    batch: tuple[torch.Tensor, torch.Tensor]
+    pair: tuple[torch.Tensor, torch.Tensor]
+    theta: tuple[torch.Tensor, ...]
+    f: Callable[[tuple[torch.Tensor, ...]], torch.Tensor]
+
+    def config(self, lam_damp: float, iters: int, backend: str) -> BiSSLConfig:
+        """The config of an upper step: γ = 0, CG without tolerance, this damping and backend."""
+        values = {
+            "bilevel.lam_damp": lam_damp, "bilevel.gamma": 0.0, "cg.iters": iters,
+            "cg.rtol": 0.0, "cg.hvp_backend": backend,
+        }  # fmt: skip
+        return config_from_dict(BiSSLConfig, values, base=self.cfg)
+
+    def upper(self, lam_damp: float, iters: int, backend: str) -> Any:
+        """One call of :func:`bissl.upper.upper_gradients`."""
+        cfg = self.config(lam_damp, iters, backend)
+        return upper_gradients(self.encoder, self.model_d, self.batch, self.pair, cfg)
+
+
+def build_problem(args: argparse.Namespace) -> Problem:
+    """A SimCLR-pre-trained Conv4 (cached), model_D on a copy of its backbone, and batches."""
     cfg = config_from_dict(
         BiSSLConfig,
         {"pretext.width": args.width, "pretext.steps": args.pretrain_steps,
@@ -150,84 +174,97 @@ def main(argv: list[str] | None = None) -> int:
     y = torch.as_tensor(np.asarray(train.targets)[idx])
     pretext = load_split(cfg.pretext_run(), "train")
     x1, x2 = SSLViews(cfg.pretext.augment, cfg.image_size, 1).pair(pretext.get_batch(idx))
-    theta = tuple(encoder.backbone.parameters())
-    n_params = sum(p.numel() for p in theta)
     f = pretext_loss_of_backbone(encoder, x1, x2, cfg.pretext.temperature)
+    theta = tuple(encoder.backbone.parameters())
+    return Problem(cfg, encoder, model_d, (x, y), (x1, x2), theta, f)
 
-    # -- curvature: the damped system is positive definite only above the most negative eigenvalue
-    with frozen_bn_statistics(encoder):
-        lo, hi = extreme_eigenvalues(HessianVectorProduct(f, theta, "reuse"), theta)
-    damp_pd = max(cfg.bilevel.lam_damp, float(np.ceil(2.0 * max(0.0, -lo))))
-    print(f"Hessian: {n_params} parameters, eigenvalues in [{lo:.3g}, {hi:.3g}]; "
-          f"λ_damp for a positive definite system: {damp_pd:g}", file=sys.stderr)  # fmt: skip
 
-    # -- 1. upper step: reuse vs recompute vs plain downstream step -------------------------------
-    def upper(backend: str, damp: float):
-        return upper_gradients(
-            encoder, model_d, x, y, x1, x2, lam=cfg.bilevel.lam, lam_damp=damp, gamma=0.0,
-            temperature=cfg.pretext.temperature, settings=CGSettings(maxiter=args.cg_iters, backend=backend),
-        )  # fmt: skip
+def curvature(p: Problem) -> tuple[float, float, float]:
+    """The Hessian's extreme eigenvalues and a λ_damp above the most negative one (the damped
+    system is positive definite only there)."""
+    with frozen_bn_statistics(p.encoder):
+        lo, hi = extreme_eigenvalues(HessianVectorProduct(p.f, p.theta, "reuse"), p.theta)
+    return lo, hi, max(p.cfg.bilevel.lam_damp, float(np.ceil(2.0 * max(0.0, -lo))))
 
-    g_reuse, g_rec = upper("reuse", damp_pd), upper("recompute", damp_pd)
-    both = [g_reuse.cg.iterations, g_rec.cg.iterations]
+
+def bench_upper_step(p: Problem, args: argparse.Namespace, damp: float) -> dict[str, Any]:
+    """Upper step: reuse vs recompute vs a plain downstream step, and the speed-up by CG
+    iterations (it grows with them towards (build + HVP) / HVP)."""
+    g_reuse, g_rec = (
+        p.upper(damp, args.cg_iters, "reuse"),
+        p.upper(damp, args.cg_iters, "recompute"),
+    )
     ref = flatten(g_rec.backbone + g_rec.head)
     grad_rel_diff = float((flatten(g_reuse.backbone + g_reuse.head) - ref).norm() / ref.norm())
-    t_reuse = median_time(lambda: upper("reuse", damp_pd), args.repeats)
-    t_recompute = median_time(lambda: upper("recompute", damp_pd), args.repeats)
-    # the speed-up grows with the iteration count towards (build + HVP) / HVP
+    t_reuse = median_time(lambda: p.upper(damp, args.cg_iters, "reuse"), args.repeats)
+    t_recompute = median_time(lambda: p.upper(damp, args.cg_iters, "recompute"), args.repeats)
     sweep = {}
     for iters in (args.cg_iters, 2 * args.cg_iters, 4 * args.cg_iters):
-
-        def step(backend: str, iters: int = iters) -> None:
-            upper_gradients(
-                encoder, model_d, x, y, x1, x2, lam=cfg.bilevel.lam, lam_damp=damp_pd, gamma=0.0,
-                temperature=cfg.pretext.temperature, settings=CGSettings(maxiter=iters, backend=backend),
-            )  # fmt: skip
-
-        a = run_times(lambda: step("reuse"), max(2, args.repeats // 2))
-        b = run_times(lambda: step("recompute"), max(2, args.repeats // 2))
+        a = run_times(lambda: p.upper(damp, iters, "reuse"), max(2, args.repeats // 2))  # noqa: B023
+        b = run_times(lambda: p.upper(damp, iters, "recompute"), max(2, args.repeats // 2))  # noqa: B023
         sweep[str(iters)] = {
             "speedup_median": statistics.median(b) / statistics.median(a),
             "speedup_min": min(b) / min(a),
         }
+    x, y = p.batch
 
     def plain_step() -> None:
-        model_d.zero_grad(set_to_none=True)
-        downstream_loss(model_d(x), y).backward()
+        p.model_d.zero_grad(set_to_none=True)
+        downstream_loss(p.model_d(x), y).backward()
 
     t_plain = median_time(plain_step, args.repeats)
+    return {
+        "cg_iterations": [g_reuse.cg.iterations, g_rec.cg.iterations],
+        "lam_damp": damp,
+        "seconds_reuse": t_reuse,
+        "seconds_recompute": t_recompute,
+        "seconds_plain_downstream_step": t_plain,
+        "speedup_reuse_over_recompute": t_recompute / t_reuse,
+        "reuse_over_plain": t_reuse / t_plain,
+        "grad_rel_diff_reuse_vs_recompute": grad_rel_diff,
+        "speedup_by_cg_iterations": sweep,
+    }
 
-    # -- 2. one HVP over one gradient ----------------------------------------------------------
-    def gradient() -> None:
-        torch.autograd.grad(f(theta), theta)
 
-    v = tuple(torch.randn_like(p) for p in theta)
-    t_grad = median_time(gradient, args.repeats)
-    with frozen_bn_statistics(encoder):
-        reuse_op = HessianVectorProduct(f, theta, "reuse")
+def bench_hvp(p: Problem, args: argparse.Namespace) -> dict[str, float]:
+    """One Hessian-vector product over one pretext gradient, for each backend."""
+    v = tuple(torch.randn_like(t) for t in p.theta)
+    t_grad = median_time(lambda: torch.autograd.grad(p.f(p.theta), p.theta), args.repeats)
+    with frozen_bn_statistics(p.encoder):
+        reuse_op = HessianVectorProduct(p.f, p.theta, "reuse")
         t_hvp_reuse = median_time(lambda: reuse_op(v), args.repeats)
         t_build = median_time(
-            lambda: HessianVectorProduct(f, theta, "reuse").release(), args.repeats
+            lambda: HessianVectorProduct(p.f, p.theta, "reuse").release(), args.repeats
         )
-        rec_op = HessianVectorProduct(f, theta, "recompute")
+        rec_op = HessianVectorProduct(p.f, p.theta, "recompute")
         t_hvp_rec = median_time(lambda: rec_op(v), args.repeats)
-    func_enc = copy.deepcopy(encoder)
+    func_enc = copy.deepcopy(p.encoder)
     torch.func.replace_all_batch_norm_modules_(func_enc)
-    f_func = pretext_loss_of_backbone(func_enc, x1, x2, cfg.pretext.temperature)
+    f_func = pretext_loss_of_backbone(func_enc, *p.pair, p.cfg.pretext.temperature)
     func_op = HessianVectorProduct(f_func, tuple(func_enc.backbone.parameters()), "func")
     t_hvp_func = median_time(lambda: func_op(v), args.repeats)
+    return {
+        "seconds_gradient": t_grad,
+        "seconds_first_order_build": t_build,
+        "hvp_over_gradient_reuse": t_hvp_reuse / t_grad,
+        "hvp_over_gradient_recompute": t_hvp_rec / t_grad,
+        "hvp_over_gradient_func": t_hvp_func / t_grad,
+    }
 
-    # -- 3. CG residual curves -----------------------------------------------------------------
-    # the right-hand side v = ∇_θP CE(head_D(backbone_P(x)), y)
-    loss_a = downstream_loss(model_d.head(encoder.backbone(x)), y)
-    rhs = torch.autograd.grad(loss_a, theta)
+
+def cg_curves(p: Problem, args: argparse.Namespace, damp_pd: float) -> dict[str, Any]:
+    """CG relative residual against iterations, exact and layerwise, at the config's λ_damp and
+    at ``damp_pd``, on v = ∇_θP CE(head_D(backbone_P(x)), y)."""
+    x, y = p.batch
+    rhs = torch.autograd.grad(downstream_loss(p.model_d.head(p.encoder.backbone(x)), y), p.theta)
+    lam = p.cfg.bilevel.lam
     curves: dict[str, Any] = {}
-    with frozen_bn_statistics(encoder):
-        op = HessianVectorProduct(f, theta, "reuse")
-        for damp in sorted({cfg.bilevel.lam_damp, damp_pd}):
+    with frozen_bn_statistics(p.encoder):
+        op = HessianVectorProduct(p.f, p.theta, "reuse")
+        for damp in sorted({p.cfg.bilevel.lam_damp, damp_pd}):
             for mode in ("exact", "layerwise"):
                 res = conjugate_gradient(
-                    damped_operator(op, 1.0 / (cfg.bilevel.lam + damp)), rhs, maxiter=args.max_iters,
+                    damped_operator(op, 1.0 / (lam + damp)), rhs, maxiter=args.max_iters,
                     rtol=1e-6 if mode == "exact" else 0.0, mode=mode, check_residual=True,
                 )  # fmt: skip
                 curves[f"{mode}@lam_damp={damp:g}"] = {
@@ -240,54 +277,27 @@ def main(argv: list[str] | None = None) -> int:
                     "breakdown": res.breakdown,
                     **stall_point(res.history_rel),
                 }
+    return curves
 
-    results = {
-        "setup": {
-            "backbone": "conv4",
-            "width": args.width,
-            "image_size": cfg.image_size,
-            "batch": args.batch,
-            "parameters": n_params,
-            "pretrain_steps": args.pretrain_steps,
-            "threads": args.threads,
-            "lam": cfg.bilevel.lam,
-            "repeats": args.repeats,
-            "torch": torch.__version__,
-            "machine": platform.machine(),
-            "processor": platform.processor(),
-        },  # fmt: skip
-        "hessian_eigenvalues": {"min": lo, "max": hi, "lam_damp_pd": damp_pd},
-        "upper_step": {
-            "cg_iterations": both,
-            "lam_damp": damp_pd,
-            "seconds_reuse": t_reuse,
-            "seconds_recompute": t_recompute,
-            "seconds_plain_downstream_step": t_plain,
-            "speedup_reuse_over_recompute": t_recompute / t_reuse,
-            "reuse_over_plain": t_reuse / t_plain,
-            "grad_rel_diff_reuse_vs_recompute": grad_rel_diff,
-            "speedup_by_cg_iterations": sweep,
-        },
-        "hvp": {
-            "seconds_gradient": t_grad,
-            "seconds_first_order_build": t_build,
-            "hvp_over_gradient_reuse": t_hvp_reuse / t_grad,
-            "hvp_over_gradient_recompute": t_hvp_rec / t_grad,
-            "hvp_over_gradient_func": t_hvp_func / t_grad,
-        },
-        "cg": curves,
-    }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    write_json(args.out, results)
 
-    u, h = results["upper_step"], results["hvp"]
-    print(f"\nConv4 width {args.width}, {n_params} backbone parameters, batch {args.batch}, "
-          f"{args.threads} thread(s); H eigenvalues in [{lo:.3g}, {hi:.3g}]")  # fmt: skip
-    print(f"upper step, {args.cg_iters} CG iterations (ran {both}), λ_damp={damp_pd:g}:")
-    print(f"  reuse {t_reuse * 1e3:.1f} ms | recompute {t_recompute * 1e3:.1f} ms | plain "
-          f"downstream step {t_plain * 1e3:.1f} ms")  # fmt: skip
-    print(f"  speed-up reuse/recompute: {u['speedup_reuse_over_recompute']:.2f}x  "
-          f"(reuse = {u['reuse_over_plain']:.1f}x a plain step); gradient rel. diff {grad_rel_diff:.1e}")  # fmt: skip
+def print_report(results: dict[str, Any], args: argparse.Namespace) -> None:
+    """The ratios, in words."""
+    setup, eig = results["setup"], results["hessian_eigenvalues"]
+    u, h, sweep = (
+        results["upper_step"],
+        results["hvp"],
+        results["upper_step"]["speedup_by_cg_iterations"],
+    )
+    lo, hi = eig["min"], eig["max"]
+    print(f"\nConv4 width {args.width}, {setup['parameters']} backbone parameters, batch "
+          f"{args.batch}, {args.threads} thread(s); H eigenvalues in [{lo:.3g}, {hi:.3g}]")  # fmt: skip
+    print(f"upper step, {args.cg_iters} CG iterations (ran {u['cg_iterations']}), "
+          f"λ_damp={u['lam_damp']:g}:")  # fmt: skip
+    print(f"  reuse {u['seconds_reuse'] * 1e3:.1f} ms | recompute {u['seconds_recompute'] * 1e3:.1f} "
+          f"ms | plain downstream step {u['seconds_plain_downstream_step'] * 1e3:.1f} ms")  # fmt: skip
+    print(f"  speed-up reuse/recompute: {u['speedup_reuse_over_recompute']:.2f}x  (reuse = "
+          f"{u['reuse_over_plain']:.1f}x a plain step); gradient rel. diff "
+          f"{u['grad_rel_diff_reuse_vs_recompute']:.1e}")  # fmt: skip
     print(
         "  speed-up by CG iterations (median / min of runs): "
         + ", ".join(
@@ -297,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"HVP / gradient: reuse {h['hvp_over_gradient_reuse']:.2f}, recompute "
           f"{h['hvp_over_gradient_recompute']:.2f}, torch.func {h['hvp_over_gradient_func']:.2f}")  # fmt: skip
     print("CG relative residual (iteration: value):")
-    for name, c in curves.items():
+    for name, c in results["cg"].items():
         pts = ", ".join(
             f"{k}:{r:.1e}"
             for k, r in enumerate(c["rel_residuals"])
@@ -308,6 +318,41 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"  {name:26s} {pts}{extra}; best {c['best_rel_residual']:.1e} at {c['best_iteration']}{stop}"
         )
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    seed_everything(0)
+    p = build_problem(args)
+    n_params = sum(t.numel() for t in p.theta)
+    lo, hi, damp_pd = curvature(p)
+    print(f"Hessian: {n_params} parameters, eigenvalues in [{lo:.3g}, {hi:.3g}]; "
+          f"λ_damp for a positive definite system: {damp_pd:g}", file=sys.stderr)  # fmt: skip
+    results = {
+        "setup": {
+            "backbone": "conv4",
+            "width": args.width,
+            "image_size": p.cfg.image_size,
+            "batch": args.batch,
+            "parameters": n_params,
+            "pretrain_steps": args.pretrain_steps,
+            "threads": args.threads,
+            "lam": p.cfg.bilevel.lam,
+            "repeats": args.repeats,
+            "torch": torch.__version__,
+            "machine": platform.machine(),
+            "processor": platform.processor(),
+        },  # fmt: skip
+        "hessian_eigenvalues": {"min": lo, "max": hi, "lam_damp_pd": damp_pd},
+        "upper_step": bench_upper_step(p, args, damp_pd),
+        "hvp": bench_hvp(p, args),
+        "cg": cg_curves(p, args, damp_pd),
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    write_json(args.out, results)
+    print_report(results, args)
     print(f"wrote {args.out}")
     return 0
 

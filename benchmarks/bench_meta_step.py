@@ -4,15 +4,20 @@ In one process, on one meta-batch of B tasks, for every inner-loop length L:
 
 - ``higher``          higher.innerloop_ctx, task by task (second order, then first order);
 - ``func-loop``       torch.func.grad per task;
-- ``func-vmap``       torch.func.grad of torch.func.vmap over the B tasks;
+- ``func-vmap``       torch.func.grad of torch.func.vmap over the B tasks (the default);
+- ``func-vmap-c1``    the same, one task per vmapped call (``task_chunk=1``: memory of one task);
+- ``autograd``        plain autograd per task on native BatchNorm (bootstrap step reusing θ_L's
+  forward);
 - ``simclr``          NT-Xent forward + backward on two views of the same B·N images.
 
 A "meta-iteration" is the meta-gradient (the outer Adam step is the same for every variant and
 negligible). Time: median of ``--repeats`` runs after a warm-up, both wall and CPU (process)
 time; by default one intra-op thread and ratios of CPU time, which neighbours on a shared
 machine disturb far less than wall time (``--clock wall --threads 2`` for the other view).
-Peak memory: the largest net CPU allocation during one run, from the PyTorch profiler's memory
-events. Every variant's gradient is checked against ``higher`` of the same order.
+Peak memory: the largest net allocation during one run (on the CPU from the PyTorch profiler's
+memory events, on CUDA the allocator's peak; ``benchmarks/peers/measure.py``). Every variant's
+gradient is checked against ``higher`` of the same order. FLOPs of each meta-gradient (``torch.utils.flop_counter``) give
+its achieved FLOP/s against this box's measured float32 matmul peak.
 
     python benchmarks/bench_meta_step.py                # L in {1, 5, 10}, B = 8
     python benchmarks/bench_meta_step.py --quick        # a smoke run
@@ -33,12 +38,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from torch.profiler import ProfilerActivity, profile
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.peers import measure  # noqa: E402
 from bmssl.checkpoints import seed_everything  # noqa: E402
 from bmssl.errors import cli_entry  # noqa: E402
 from bmssl.io import write_json  # noqa: E402
@@ -47,34 +52,18 @@ from bmssl.meta import BMSSLConfig, meta_gradient, model_for_backend  # noqa: E4
 from bmssl.pretrain import encoder_for, load_split  # noqa: E402
 from bmssl.tasks import TaskBatch, TaskSampler  # noqa: E402
 
-VARIANTS = (
-    ("higher", "higher", False),
-    ("func-loop", "func", False),
-    ("func-vmap", "func", True),
+VARIANTS = (  # name, backend, vmap, task_chunk
+    ("higher", "higher", False, 0),
+    ("func-loop", "func", False, 0),
+    ("func-vmap", "func", True, 0),
+    ("func-vmap-c1", "func", True, 1),
+    ("autograd", "autograd", False, 0),
 )
 
 
-def peak_bytes(fn: Callable[[], object]) -> int:
-    """Largest net CPU allocation (bytes above the start) while ``fn`` runs.
-
-    Op events carry the memory they allocated net of their children; ``[memory]`` events are
-    frees outside ops. Their running sum in time order is the allocated total.
-    """
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    deltas = []
-    for event in prof.events():
-        delta = event.cpu_memory_usage if event.name == "[memory]" else event.self_cpu_memory_usage
-        if delta:
-            deltas.append((event.time_range.start, delta))
-    current = peak = 0
-    for _, delta in sorted(deltas):
-        current += delta
-        peak = max(peak, current)
-    return int(peak)
-
-
-def timed(fn: Callable[[], object], repeats: int) -> dict[str, float | list[float]]:
+def timed(
+    fn: Callable[[], object], repeats: int, device: torch.device | None = None
+) -> dict[str, float | list[float]]:
     """Median wall and CPU (process) seconds of ``fn`` over ``repeats`` runs after a warm-up.
 
     On a shared machine wall time mostly measures the neighbours; single-threaded CPU time is
@@ -83,8 +72,10 @@ def timed(fn: Callable[[], object], repeats: int) -> dict[str, float | list[floa
     fn()  # warm-up: allocator, monkey-patching caches, vmap rule lookup
     wall, cpu = [], []
     for _ in range(repeats):
+        measure.sync(device)
         w, c = time.perf_counter(), time.process_time()
         fn()
+        measure.sync(device)
         cpu.append(time.process_time() - c)
         wall.append(time.perf_counter() - w)
     return {
@@ -116,25 +107,10 @@ def max_rel_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> floa
     return max(float((a[n] - b[n]).abs().max()) for n in b) / scale
 
 
-def run(args: argparse.Namespace) -> dict:
-    seed_everything(args.seed)
-    base = BMSSLConfig(
-        dataset=args.dataset,
-        width=args.width,
-        n_way=args.n_way,
-        k_support=args.k_support,
-        q_query=args.q_query,
-        meta_batch=args.tasks,
-        bootstrap_steps=args.delta,
-        inner_lr=args.inner_lr,
-        seed=args.seed,
-    )
-    base.validate()
-    data = load_split(base, "train")
-    encoder = encoder_for(data, base).train()
-    batch = TaskSampler(
-        data, base.n_way, base.k_support, base.q_query, base.meta_batch, base.augment, args.seed
-    ).sample(0)
+def _variant_rows(
+    args: argparse.Namespace, base: BMSSLConfig, encoder: torch.nn.Module, batch: TaskBatch
+) -> list[dict]:
+    """Time, memory, FLOPs and gradient differences of every variant, L and order."""
     params = dict(encoder.named_parameters())
     # Gradient equality is checked in float64, where rounding cannot hide a real difference
     # (float32 second-order unrolls amplify rounding; those differences are reported too).
@@ -145,10 +121,11 @@ def run(args: argparse.Namespace) -> dict:
     for steps in args.inner_steps:
         for first_order in (False, True):
             reference = reference64 = None
-            for name, backend, vmap in VARIANTS:
+            for name, backend, vmap, chunk in VARIANTS:
                 cfg = dataclasses.replace(
-                    base, inner_steps=steps, backend=backend, vmap=vmap, first_order=first_order
-                )
+                    base, inner_steps=steps, backend=backend, vmap=vmap, task_chunk=chunk,
+                    first_order=first_order,
+                )  # fmt: skip
                 model = model_for_backend(encoder, backend)
 
                 def step(cfg: BMSSLConfig = cfg, model: torch.nn.Module = model):
@@ -160,53 +137,64 @@ def run(args: argparse.Namespace) -> dict:
                 ).grads
                 if reference is None:
                     reference, reference64 = result.grads, exact
-                timing = timed(step, args.repeats)
+                timing = timed(step, args.repeats, batch.support.device)
                 rows.append(
                     {
                         "variant": name,
                         "order": "first" if first_order else "second",
                         "L": steps,
                         **timing,
-                        "peak_mb": peak_bytes(step) / 2**20,
+                        "peak_mb": measure.peak_mb(step, batch.support.device),
+                        "flops": measure.count_flops(step),
                         "grad_rel_diff_vs_higher": max_rel_diff(result.grads, reference),
                         "grad_rel_diff_vs_higher_f64": max_rel_diff(exact, reference64),
                     }
                 )
                 print(
-                    f"  {name:10s} {rows[-1]['order']:6s} L={steps:2d} "
+                    f"  {name:12s} {rows[-1]['order']:6s} L={steps:2d} "
                     f"wall {timing['wall_s']:7.3f}s cpu {timing['cpu_s']:7.3f}s",
                     flush=True,
                 )
+    return rows
+
+
+def run(args: argparse.Namespace) -> dict:
+    seed_everything(args.seed)
+    base = BMSSLConfig(
+        dataset=args.dataset, width=args.width, n_way=args.n_way, k_support=args.k_support,
+        q_query=args.q_query, meta_batch=args.tasks, bootstrap_steps=args.delta,
+        inner_lr=args.inner_lr, seed=args.seed,
+    )  # fmt: skip
+    base.validate()
+    data = load_split(base, "train")
+    device = torch.device(args.device)
+    encoder = encoder_for(data, base).train().to(device)
+    batch = TaskSampler(
+        data, base.n_way, base.k_support, base.q_query, base.meta_batch, base.augment, args.seed
+    ).sample(0, device=device)
+    rows = _variant_rows(args, base, encoder, batch)
     simclr = simclr_step(encoder, batch)
     rows.append(
         {
             "variant": "simclr",
             "order": "-",
             "L": 0,
-            **timed(simclr, args.repeats),
-            "peak_mb": peak_bytes(simclr) / 2**20,
+            **timed(simclr, args.repeats, device),
+            "peak_mb": measure.peak_mb(simclr, device),
+            "flops": measure.count_flops(simclr),
             "grad_rel_diff_vs_higher": 0.0,
             "grad_rel_diff_vs_higher_f64": 0.0,
         }
     )
-    return {
-        "setup": {
-            "dataset": args.dataset,
-            "tasks_B": args.tasks,
-            "n_way": args.n_way,
-            "k_support": args.k_support,
-            "q_query": args.q_query,
-            "bootstrap_steps": args.delta,
-            "inner_lr": args.inner_lr,
-            "width": args.width,
-            "repeats": args.repeats,
-            "clock": args.clock,
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-            "machine": platform.processor() or platform.machine(),
-        },
-        "rows": rows,
-    }
+    setup = {
+        "dataset": args.dataset, "tasks_B": args.tasks, "n_way": args.n_way,
+        "k_support": args.k_support, "q_query": args.q_query, "bootstrap_steps": args.delta,
+        "inner_lr": args.inner_lr, "width": args.width, "repeats": args.repeats,
+        "clock": args.clock, "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "machine": platform.processor() or platform.machine(),
+        "matmul_peak_flops": measure.matmul_peak(device), "device": str(device),
+    }  # fmt: skip
+    return {"setup": setup, "rows": rows}
 
 
 def table(report: dict) -> str:
@@ -237,8 +225,13 @@ def table(report: dict) -> str:
         "x higher = higher's time / this time (above 1: faster); diff = max |g - g_higher| / "
         "max |g_higher| of the meta-gradient in float64 and float32"
     )
+    peak = report["setup"]["matmul_peak_flops"]
+    lines.append(f"measured float32 matmul peak: {peak / 1e9:.1f} GFLOP/s")
+    for r in rows:
+        rate = measure.flop_rate(r["flops"], r[clock], peak)
+        lines.append(f"{r['variant']:12s} {r['order']:6s} L={r['L']:2d}: {measure.fmt_flops(rate)}")
     lengths = sorted({r["L"] for r in rows if r["variant"] != "simclr"})
-    for name, _, _ in VARIANTS:
+    for name, *_ in VARIANTS:
         for order in ("second", "first"):
             mem = [key[(name, order, L)]["peak_mb"] for L in lengths]
             if len(mem) > 1 and mem[0] > 0:
@@ -264,6 +257,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (float64 checks included)")
     parser.add_argument(
         "--clock", choices=("cpu", "wall"), default="cpu", help="which median the ratios use"
     )

@@ -43,6 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.peers import measure  # noqa: E402
 from bmssl.checkpoints import seed_everything  # noqa: E402
 from bmssl.data import SSLViews, get_dataset  # noqa: E402
 from bmssl.errors import cli_entry  # noqa: E402
@@ -159,7 +160,9 @@ def simclr_row(args: argparse.Namespace) -> dict:
 
     per_image, batched = PerImageViews("affine", 28, 1), SSLViews("affine", 28, 1)
     timing = compare(lambda: step(per_image), lambda: step(batched), args.repeats)
-    return {"case": f"simclr step conv4-32 28px affine batch {batch_size}", **timing}
+    flops = measure.count_flops(lambda: step(batched))
+    return {"case": f"simclr step conv4-32 28px affine batch {batch_size}", **timing,
+            "flops": flops}  # fmt: skip
 
 
 def bmssl_row(args: argparse.Namespace) -> dict:
@@ -200,6 +203,7 @@ def bmssl_row(args: argparse.Namespace) -> dict:
         lambda: step(samplers["per_image"]), lambda: step(samplers["batched"]), args.repeats
     )
     views = cfg.meta_batch * cfg.n_way * (cfg.k_support + cfg.q_query)
+    timing["flops"] = measure.count_flops(lambda: step(samplers["batched"]))
     return {
         "case": f"bmssl step {path.name} ({views} views, {cfg.augment})",
         "config": {k: getattr(cfg, k) for k in ("dataset", "width", "n_way", "k_support",
@@ -240,6 +244,7 @@ def run(args: argparse.Namespace) -> dict:
             "threads": torch.get_num_threads(),
             "torch": torch.__version__,
             "machine": platform.processor() or platform.machine(),
+            "matmul_peak_flops": measure.matmul_peak(),
         },
         "views": rows,
         "steps": steps,
@@ -260,12 +265,17 @@ def report_lines(report: dict) -> list[str]:
         )
     for r in report["profile"]:
         lines.append(f"  84px batched: {r['op']:36s} {r['ms_per_call']:7.3f} ms x{r['count']}")
+    peak = report["setup"]["matmul_peak_flops"]
+    lines.append(f"views: no matmul or convolution FLOPs (element-wise ops are not counted); "
+                 f"measured float32 matmul peak {peak / 1e9:.1f} GFLOP/s")  # fmt: skip
     for r in report["steps"]:
         lines.append(
             f"{r['case']}: per-image {r['per_image'][f'{clock}_s']:.3f} s, batched "
             f"{r['batched'][f'{clock}_s']:.3f} s: {ratio(r, clock):.2f}x "
             f"(cpu clock {ratio(r, 'cpu'):.2f}x)"
         )
+        rate = measure.flop_rate(r["flops"], r["batched"][f"{clock}_s"], peak)
+        lines.append(f"  batched step: {measure.fmt_flops(rate)}")
     return lines
 
 

@@ -1,7 +1,7 @@
 """What BiSSL does to its two networks, alternation by alternation, on the cpu table profile.
 
 Runs the trainer's own code (``bissl.bilevel.BiSSLTrainer.train_step``: the lower LARS steps,
-the upper steps with ``bissl.hypergrad.upper_gradients``) on the configuration of one cell of
+the upper steps with ``bissl.upper.upper_gradients``) on the configuration of one cell of
 ``reproduce/bissl_table.py`` (preset ``cpu``, digits with 3 training labels per class) and logs,
 after every alternation t:
 
@@ -51,8 +51,8 @@ if str(ROOT) not in sys.path:
 from bissl.bilevel import BiSSLTrainer, parameter_groups  # noqa: E402
 from bissl.config import BiSSLConfig  # noqa: E402
 from bissl.finetune import finetune  # noqa: E402
-from bissl.hypergrad import tree_norm  # noqa: E402
-from bissl.pipeline import load_splits, pretext_encoder  # noqa: E402
+from bissl.stages import BiSSLData, pretext_encoder  # noqa: E402
+from bissl.trees import tree_norm  # noqa: E402
 from bmssl.methods import get_method  # noqa: E402
 
 #: the cell of the cpu table: preset cpu, digits, 3 training labels per class
@@ -209,12 +209,13 @@ def run_one(
 ) -> dict[str, Any]:
     """One BiSSL stage on ``config`` with a row of measurements per alternation."""
     started = time.perf_counter()
-    encoder, _ = pretext_encoder(config, None, pretext_cache)
+    data = BiSSLData.load(config)
+    encoder, _ = pretext_encoder(config, None, pretext_cache, pretext=data.pretext)
     out: dict[str, Any] = {}
     if trace:  # on a trainer of its own, so that the run below is the ordinary one
-        tracer = BiSSLTrainer(config, None, progress=False, encoder=encoder)
+        tracer = BiSSLTrainer.start(config, data, encoder, progress=False)
         out["trace"] = trace_first_alternation(tracer)
-    trainer = BiSSLTrainer(config, None, progress=False, encoder=encoder)
+    trainer = BiSSLTrainer.start(config, data, encoder, progress=False)
     bn0 = bn_running_stats(trainer.encoder_p.backbone)
     rows = [{"alternation": 0, **measure(trainer, bn0)}]
     for step in range(config.bilevel.alternations):
@@ -229,11 +230,9 @@ def run_one(
         rows.append(row)
     out.update(rows=rows, bissl_s=time.perf_counter() - started)
     if do_finetune:
-        splits = load_splits(config)
         metrics = finetune(
-            trainer.encoder_p.backbone, config, splits["train"], splits["val"],
-            test_set=splits["test"],
-        )  # fmt: skip
+            trainer.encoder_p.backbone, config, data.train, data.val, test_set=data.test
+        )
         out["test_top1"] = metrics["test_top1"]
         out["ft_val_acc"] = metrics["val_acc"]
     return out

@@ -3,7 +3,7 @@
 One ``train_step`` of :class:`bmssl.trainer.Trainer` is one alternation:
 
 1. N_L lower steps on θ_P, φ_P: NT-Xent + λ/2 ||θ_P − θ_D||², LARS, grad-norm clip, cosine lr;
-2. N_U upper steps on θ_D, φ_D with the implicit gradient of :func:`bissl.hypergrad.upper_gradients`
+2. N_U upper steps on θ_D, φ_D with the implicit gradient of :func:`bissl.upper.upper_gradients`
    (CG on (I + H/(λ+λ_damp)) x = v over a fresh pretext batch), grad-norm clip, SGD, cosine lr;
 3. every N_a alternations (N_a > 0): θ_D <- (1 − α) θ_D + α θ_P (backbone parameters).
 
@@ -23,7 +23,6 @@ gradients) are all-reduced, so every process applies the same update; only rank 
 from __future__ import annotations
 
 import copy
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -31,31 +30,23 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from bissl.batches import BatchStream, downstream_split
+from bissl.batches import BatchStream
+from bissl.cg import CGResult
 from bissl.config import BiSSLConfig
-from bissl.finetune import evaluate, evaluate_batch_stats, headline, warmup_head
-from bissl.hypergrad import CGResult, all_reduce_mean, tree_norm, upper_gradients
+from bissl.finetune import evaluate, evaluate_batch_stats, headline
 from bissl.lars import LARS
 from bissl.objectives import DownstreamModel, lower_objective
 from bissl.schedule import cosine_lambda
-from bmssl.checkpoints import load_checkpoint, rng_state, seed_everything, set_rng_state
+from bissl.stages import BiSSLData, fresh_encoder, saved_start, warm_up_head
+from bissl.state import BilevelState
+from bissl.trees import tree_norm
+from bissl.upper import upper_gradients
+from bmssl.checkpoints import seed_everything
 from bmssl.data import SSLViews
-from bmssl.errors import UserError
+from bmssl.data.base import ImageDataset
+from bmssl.distributed import all_reduce_mean
 from bmssl.nets import Encoder
 from bmssl.precision import autocast
-from bmssl.pretrain import check_same_settings, encoder_for, load_split
-from bmssl.trainer import Trainer
-
-#: options a BiSSL run may change when it resumes (train longer, evaluate or fine-tune otherwise)
-RESUMABLE = frozenset(
-    {"bilevel.alternations", "eval_every", "eval_batch_size", "log_every", "device", "finetune.*"}
-)
-
-
-def _dist() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def parameter_groups(module: nn.Module) -> dict[str, list[torch.Tensor]]:
@@ -77,14 +68,16 @@ def parameter_groups(module: nn.Module) -> dict[str, list[torch.Tensor]]:
     return groups
 
 
-class BiSSLTrainer(Trainer):
-    """BiSSL on ``config``; see the module docstring. ``encoder`` (pretext-trained backbone and
-    projector) and ``head`` (warmed-up linear head) seed the run; without them the encoder comes
-    from ``config.init_from`` (or random init) and the head is warmed up here.
+class BiSSLTrainer(BilevelState):
+    """BiSSL on ``config``; see the module docstring. Built from what the pipeline holds: its
+    ``data`` (:class:`bissl.stages.BiSSLData`), the pretext ``encoder`` whose weights θ_P, φ_P
+    and θ_D start from (None: the seeded random init) and φ_D's weights ``head`` (None: a fresh
+    head, for :func:`bissl.stages.warm_up_head`). :meth:`start` adds the warm-up;
+    :meth:`from_config` makes all of it from the config alone.
 
-    Attributes: ``encoder_p`` (θ_P, φ_P), ``model_d`` (θ_D, φ_D), ``train_set``/``val_set``
-    (downstream), ``pretext_set``. ``validate`` reports ``val_acc`` = top-1 (11-point mAP for
-    multi-label sets) of head_D(backbone_P(x)) on the val split, the model that is fine-tuned.
+    Attributes: ``encoder_p`` (θ_P, φ_P), ``model_d`` (θ_D, φ_D), ``data``. ``validate`` reports
+    ``val_acc`` = top-1 (11-point mAP for multi-label sets) of head_D(backbone_P(x)) on the val
+    split, the model that is fine-tuned.
     """
 
     method = "bissl"
@@ -103,46 +96,76 @@ class BiSSLTrainer(Trainer):
         config: BiSSLConfig,
         out_dir: str | Path | None = None,
         progress: bool = True,
+        *,
+        data: BiSSLData,
         encoder: Encoder | None = None,
-        head: nn.Linear | None = None,
+        head: dict[str, torch.Tensor] | None = None,
     ) -> None:
         config.validate()
-        self.rank, self.world = _dist()
+        super().__init__(config, out_dir, progress)
+        self.data = data
+        self.train_labels = data.train.labels()
+        self.multilabel = data.train.multilabel
         self._rank_rng: list[Any] | None = None
-        super().__init__(config, out_dir, progress and self.rank == 0)
-        cfg, bil = config, config.bilevel
-        self.train_set = downstream_split(cfg, "train")
-        self.val_set = downstream_split(cfg, "val")
-        self.train_labels = self.train_set.labels()
-        self.multilabel = self.train_set.multilabel
-        self.pretext_set = load_split(cfg.pretext_run(), "train")
-        shape_d, shape_p = tuple(self.train_set.image_shape), tuple(self.pretext_set.image_shape)
-        if shape_d != shape_p:
-            raise UserError(
-                f"downstream images {shape_d} and pretext images {shape_p} differ in shape; pick "
-                "datasets with the same channels (e.g. dataset_options={channels: 3})"
-            )
-
-        self.encoder_p = self._initial_encoder(encoder).to(self.device)
+        # A fresh encoder first, then the given weights: the draws after the seed stay those of
+        # a run from random init, so the views of every run of one seed are the same.
+        self.encoder_p = fresh_encoder(config, data.pretext)
+        if encoder is not None:
+            self.encoder_p.load_state_dict(encoder.state_dict())
+        self.encoder_p.to(self.device)
         self.model_d = DownstreamModel(
-            copy.deepcopy(self.encoder_p.backbone), self.train_set.num_classes
+            copy.deepcopy(self.encoder_p.backbone), data.train.num_classes
         )
         self.model_d.to(self.device)
         if head is not None:
-            self.model_d.head.load_state_dict(head.state_dict())
-        elif not self._load_head():
-            warmup_head(
-                self.model_d.backbone, self.model_d.head, self.train_set, cfg.warmup.steps,
-                cfg.warmup.lr, bil.batch_size, cfg.seed,
-            )  # fmt: skip
+            self.model_d.head.load_state_dict(head)
         if self.world > 1:
-            for tensor in list(self.encoder_p.state_dict().values()) + list(
-                self.model_d.state_dict().values()
-            ):
-                dist.broadcast(tensor, src=0)
-            # same initial weights everywhere, different augmentations per process
-            seed_everything(cfg.seed + 1000 * self.rank)
+            # same initial weights everywhere (share_weights), different augmentations
+            seed_everything(config.seed + 1000 * self.rank)
+        self._optimisers()
+        self.lower_model: nn.Module = self.encoder_p
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
 
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.lower_model = DistributedDataParallel(self.encoder_p, device_ids=ids)
+        self._streams()
+        self.cg_x: tuple[torch.Tensor, ...] | None = None
+        self.last_cg: CGResult | None = None
+        self._start: dict[str, float] = {}
+
+    @classmethod
+    def start(
+        cls,
+        config: BiSSLConfig,
+        data: BiSSLData,
+        encoder: Encoder | None,
+        out_dir: str | Path | None = None,
+        progress: bool = True,
+        head: dict[str, torch.Tensor] | None = None,
+    ) -> BiSSLTrainer:
+        """The trainer at its first alternation: built, φ_D given (``head``) or warmed up on the
+        frozen θ_D (:func:`bissl.stages.warm_up_head`), every process holding rank 0's weights."""
+        trainer = cls(config, out_dir, progress, data=data, encoder=encoder, head=head)
+        if head is None:
+            warm_up_head(config, data.train, trainer.model_d)
+        trainer.share_weights()
+        return trainer
+
+    @classmethod
+    def from_config(
+        cls, config: BiSSLConfig, out_dir: str | Path | None = None, progress: bool = True
+    ) -> BiSSLTrainer:
+        """:meth:`start` on the config's data (no test split) and on the encoder (and head) in
+        ``init_from``; without it, from random init (what searches and tests train)."""
+        data = BiSSLData.load(config, test=False)
+        if config.init_from is None:
+            return cls.start(config, data, None, out_dir, progress)
+        encoder, head = saved_start(config, data.pretext)
+        return cls.start(config, data, encoder, out_dir, progress, head=head)
+
+    def _optimisers(self) -> None:
+        bil = self.config.bilevel
         # The public code's LARS has no exclusion filters: BN affine parameters and biases get the
         # trust ratio too. Excluded, they step with the raw lr (1.0), far larger than the
         # η·||p|| steps of the weights (docs/bissl_diagnostics.md).
@@ -151,11 +174,9 @@ class BiSSLTrainer(Trainer):
             weight_decay=bil.lower_wd, eta=bil.lars_eta, exclude_1d=bil.lars_exclude_1d,
         )  # fmt: skip
         self.upper_opt = torch.optim.SGD(
-            self.model_d.parameters(),
-            lr=bil.upper_lr,
-            momentum=bil.momentum,
+            self.model_d.parameters(), lr=bil.upper_lr, momentum=bil.momentum,
             weight_decay=bil.upper_wd,
-        )
+        )  # fmt: skip
         n_lower = bil.alternations * bil.lower_steps
         n_upper = bil.alternations * bil.upper_steps
         self.lower_sched = torch.optim.lr_scheduler.LambdaLR(
@@ -164,51 +185,38 @@ class BiSSLTrainer(Trainer):
         self.upper_sched = torch.optim.lr_scheduler.LambdaLR(
             self.upper_opt, cosine_lambda(n_upper, int(bil.warmup_frac * n_upper))
         )
-        self.lower_model: nn.Module = self.encoder_p
-        if self.world > 1:
-            from torch.nn.parallel import DistributedDataParallel
 
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.lower_model = DistributedDataParallel(self.encoder_p, device_ids=ids)
-
-        channels, size = shape_p[0], shape_p[1]
+    def _streams(self) -> None:
+        cfg, bil = self.config, self.config.bilevel
+        channels, size = self.data.pretext.image_shape[0], self.data.pretext.image_shape[1]
         self.views = SSLViews(cfg.pretext.augment, size, channels)
         self.down_aug = SSLViews(bil.downstream_augment, size, channels)
         kw = {"seed": cfg.seed, "rank": self.rank, "world": self.world}
-        self.lower_stream = BatchStream(len(self.pretext_set), bil.lower_batch_size, stream=1, **kw)
-        self.hvp_stream = BatchStream(len(self.pretext_set), bil.lower_batch_size, stream=2, **kw)
+        n_pretext, n_train = len(self.data.pretext), len(self.data.train)
+        self.lower_stream = BatchStream(n_pretext, bil.lower_batch_size, stream=1, **kw)
+        self.hvp_stream = BatchStream(n_pretext, bil.lower_batch_size, stream=2, **kw)
         # A low-label train split may hold fewer images than a batch: take them all.
-        upper_batch = min(bil.batch_size, len(self.train_set) // self.world)
-        self.upper_stream = BatchStream(len(self.train_set), upper_batch, stream=3, **kw)
-        self.cg_settings = cfg.cg.settings()
-        self.cg_x: tuple[torch.Tensor, ...] | None = None
-        self.last_cg: CGResult | None = None
-        self._start: dict[str, float] = {}
+        upper_batch = min(bil.batch_size, n_train // self.world)
+        self.upper_stream = BatchStream(n_train, upper_batch, stream=3, **kw)
 
-    # -- initial weights ---------------------------------------------------------------------
-    def _initial_encoder(self, encoder: Encoder | None) -> Encoder:
-        fresh = encoder_for(self.pretext_set, self.config.pretext_run())
-        if encoder is not None:
-            fresh.load_state_dict(encoder.state_dict())
-        elif self.config.init_from is not None:
-            state = load_checkpoint(self.config.init_from, restore_rng=False)
-            if "encoder" not in state:
-                raise UserError(f"init_from={self.config.init_from!r} holds no 'encoder' weights")
-            fresh.load_state_dict(state["encoder"])
-        return fresh
+    def share_weights(self) -> None:
+        """Every process takes rank 0's θ_P, φ_P, θ_D and φ_D (no-op in one process)."""
+        if self.world > 1:
+            states = (self.encoder_p.state_dict(), self.model_d.state_dict())
+            for tensor in [t for state in states for t in state.values()]:
+                dist.broadcast(tensor, src=0)
 
-    def _load_head(self) -> bool:
-        if self.config.init_from is None:
-            return False
-        state = load_checkpoint(self.config.init_from, restore_rng=False)
-        if state.get("head") is None:
-            return False
-        self.model_d.head.load_state_dict(state["head"])
-        return True
+    @property
+    def train_set(self) -> ImageDataset:
+        return self.data.train
+
+    @property
+    def val_set(self) -> ImageDataset:
+        return self.data.val
 
     # -- the two levels ----------------------------------------------------------------------
     def _pretext_pair(self, stream: BatchStream) -> tuple[torch.Tensor, torch.Tensor]:
-        images = self.pretext_set.get_batch(stream.next())
+        images = self.data.pretext.get_batch(stream.next())
         v1, v2 = self.views.pair(images)
         return v1.to(self.device), v2.to(self.device)
 
@@ -270,13 +278,14 @@ class BiSSLTrainer(Trainer):
         self.encoder_p.train()
         self.model_d.train()
         grads = upper_gradients(
-            self.encoder_p, self.model_d, x.to(self.device), y.to(self.device), x1_p, x2_p,
-            lam=bil.lam, lam_damp=bil.lam_damp, gamma=bil.gamma, temperature=cfg.pretext.temperature,
-            settings=self.cg_settings, x0=self.cg_x if cfg.cg.warm_start else None,
+            self.encoder_p,
+            self.model_d,
+            (x.to(self.device), y.to(self.device)),
+            (x1_p, x2_p),
+            cfg,
+            x0=self.cg_x if cfg.cg.warm_start else None,
             reduce=all_reduce_mean if self.world > 1 else None,
-            check_residual=cfg.cg.check_residual, composite_bn=bil.upper_bn,
-            hvp_updates_bn=cfg.cg.hvp_updates_bn,
-        )  # fmt: skip
+        )
         self.cg_x = tuple(t.detach() for t in grads.cg.x)
         self.last_cg = grads.cg
         self.upper_opt.zero_grad(set_to_none=True)
@@ -362,65 +371,12 @@ class BiSSLTrainer(Trainer):
             extra = {**self._start, **extra}
         super()._log_row(writer, extra)
 
-    def save(self, path: str | Path | None = None) -> Path:
-        """Rank 0 writes the checkpoint (with every rank's RNG state); the others wait for it."""
-        target = Path(path) if path is not None else self.checkpoint_path
-        if self.world > 1:
-            # Each process draws its own augmentations, so a resume that gave every rank rank 0's
-            # RNG would continue with other views than the uninterrupted run.
-            states: list[Any] = [None] * self.world
-            dist.all_gather_object(states, rng_state())
-            self._rank_rng = states
-        if self.rank == 0:
-            target = super().save(path)
-        if self.world > 1:
-            dist.barrier()
-        assert target is not None
-        return target
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "config": dataclasses.asdict(self.config),
-            "encoder_p": self.encoder_p.state_dict(),
-            "model_d": self.model_d.state_dict(),
-            "lower_opt": self.lower_opt.state_dict(),
-            "upper_opt": self.upper_opt.state_dict(),
-            "lower_sched": self.lower_sched.state_dict(),
-            "upper_sched": self.upper_sched.state_dict(),
-            "streams": [
-                s.state_dict() for s in (self.lower_stream, self.hvp_stream, self.upper_stream)
-            ],
-            "cg_x": self.cg_x,
-            "rank_rng": self._rank_rng,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        check_same_settings(state.get("config", {}), self.config, self.out_dir, RESUMABLE)
-        self.encoder_p.load_state_dict(state["encoder_p"])
-        self.model_d.load_state_dict(state["model_d"])
-        self.lower_opt.load_state_dict(state["lower_opt"])
-        self.upper_opt.load_state_dict(state["upper_opt"])
-        self.lower_sched.load_state_dict(state["lower_sched"])
-        self.upper_sched.load_state_dict(state["upper_sched"])
-        for stream, s in zip(
-            (self.lower_stream, self.hvp_stream, self.upper_stream), state["streams"], strict=True
-        ):
-            stream.load_state_dict(s)
-        cg_x = state.get("cg_x")
-        self.cg_x = tuple(t.to(self.device) for t in cg_x) if cg_x is not None else None
-        rank_rng = state.get("rank_rng")
-        if rank_rng is not None and len(rank_rng) == self.world:
-            set_rng_state(rank_rng[self.rank])
-        elif self.world > 1:
-            # Saved under another process count: the views cannot continue as they were.
-            seed_everything(self.config.seed + 1000 * self.rank + 7 * self.lower_sched.last_epoch)
-
     def backbone(self) -> nn.Module:
         """θ_P, the backbone BiSSL hands to fine-tuning."""
         return self.encoder_p.backbone
 
     @classmethod
     def backbone_from_state(cls, config: BiSSLConfig, state: dict[str, Any]) -> nn.Module:
-        encoder = encoder_for(load_split(config.pretext_run(), "train"), config.pretext_run())
+        encoder = fresh_encoder(config)
         encoder.load_state_dict(state["encoder_p"])
         return encoder.backbone

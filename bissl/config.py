@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bissl.hypergrad import CG_MODES, HVP_BACKENDS, CGSettings
+from bissl.cg import CG_MODES, Solver, solve_cg
+from bissl.hvp import HVP_BACKENDS
 from bissl.objectives import UPPER_BN_MODES
 from bmssl.data.views import STRENGTHS
 from bmssl.errors import UserError, check_choice, check_nonnegative, check_positive
@@ -131,15 +132,9 @@ class CGConfig:
         if self.iters < 1:
             raise UserError(f"cg.iters must be at least 1, got {self.iters}")
 
-    def settings(self) -> CGSettings:
-        """The solver settings of :mod:`bissl.hypergrad`."""
-        return CGSettings(
-            maxiter=self.iters,
-            rtol=self.rtol,
-            atol=self.atol,
-            mode=self.mode,  # type: ignore[arg-type]  # checked by validate
-            backend=self.hvp_backend,  # type: ignore[arg-type]
-        )
+    def solver(self) -> Solver:
+        """``solve(matvec, b, x0)`` with these settings (:func:`bissl.cg.solve_cg`)."""
+        return solve_cg(self.mode, self.iters, self.rtol, self.atol, self.check_residual)
 
 
 @dataclass
@@ -217,6 +212,7 @@ class BiSSLConfig:
     def validate(self) -> None:
         for section in (self.warmup, self.bilevel, self.cg, self.finetune):
             section.validate()
+        check_nonnegative("pretext.steps", self.pretext.steps)  # pretext_run() clamps it to 1
         self.pretext_run().validate()
         check_positive("eval_batch_size", self.eval_batch_size)
         if self.labels_per_class is not None:

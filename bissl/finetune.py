@@ -111,27 +111,22 @@ def warmup_head(
     return float(loss.detach())
 
 
-def finetune(
+def finetune_model(
     backbone: nn.Module,
     config: BiSSLConfig,
     train_set: ImageDataset,
-    val_set: ImageDataset,
     lr: float | None = None,
     wd: float | None = None,
     *,
-    test_set: ImageDataset | None = None,
     steps: int | None = None,
     seed: int | None = None,
     progress: bool = False,
-    keep: dict[str, nn.Module] | None = None,
-) -> dict[str, float]:
-    """Fine-tune a copy of ``backbone`` with a fresh linear head on ``train_set``; metrics on
-    ``val_set`` (``val_*``) and ``test_set`` (``test_*``) in percent.
+) -> tuple[nn.Sequential, dict[str, float]]:
+    """A copy of ``backbone`` with a fresh linear head, warmed up then fine-tuned on
+    ``train_set`` (see the module docstring), and ``{"train_loss", "lr", "wd"}``.
 
     Settings come from ``config.finetune`` and ``config.warmup``; ``lr``/``wd``/``steps``/``seed``
-    override them (what a lr/wd search varies). ``val_acc`` is the headline (top-1, or 11-point
-    mAP for multi-label sets). ``backbone`` is not modified; pass ``keep={}`` to receive the
-    fine-tuned network under ``keep["model"]``.
+    override them (what a lr/wd search varies). ``backbone`` is not modified.
     """
     settings = config.finetune
     lr = float(settings.lr if lr is None else lr)
@@ -145,15 +140,31 @@ def finetune(
     model = copy.deepcopy(backbone).to(device)
     out_dim: int = model.out_dim  # type: ignore[assignment]
     head = nn.Linear(int(out_dim), train_set.num_classes).to(device)
-    labels = train_set.labels()
     bs = min(settings.batch_size, len(train_set))
     warmup_head(model, head, train_set, config.warmup.steps, config.warmup.lr, bs, seed)
     net = nn.Sequential(model, head)
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=wd)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_lambda(steps))
+    stream = BatchStream(len(train_set), bs, seed=seed, stream=11)
+    loss = _train(net, opt, sched, stream, train_set, config, steps, progress)
+    return net, {"train_loss": loss, "lr": lr, "wd": wd}
+
+
+def _train(
+    net: nn.Sequential,
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler,
+    stream: BatchStream,
+    train_set: ImageDataset,
+    config: BiSSLConfig,
+    steps: int,
+    progress: bool,
+) -> float:
+    """``steps`` SGD steps of ``net`` on augmented batches of ``stream``; the last loss."""
+    settings, device = config.finetune, next(net.parameters()).device
+    labels = train_set.labels()
     channels, size = train_set.image_shape[0], train_set.image_shape[-1]
     augment = SSLViews(settings.augment, size, channels)
-    stream = BatchStream(len(train_set), bs, seed=seed, stream=11)
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -176,19 +187,45 @@ def finetune(
         if not math.isfinite(loss_value):
             raise UserError(
                 f"fine-tune loss became {loss_value} at step {step + 1}; lower finetune.lr "
-                f"(now {lr})"
+                f"(now {opt.param_groups[0]['initial_lr']})"
             )
         if bar is not None:
             bar.update(1)
     if bar is not None:
         bar.close()
-    metrics: dict[str, float] = {"train_loss": loss_value, "lr": lr, "wd": wd}
+    return loss_value
+
+
+def split_metrics(
+    net: nn.Module, config: BiSSLConfig, val_set: ImageDataset, test_set: ImageDataset | None
+) -> dict[str, float]:
+    """``val_*`` and (with ``test_set``) ``test_*`` metrics of ``net`` in percent; ``val_acc``
+    the headline (top-1, or 11-point mAP for multi-label sets)."""
     val = evaluate(net, val_set, config.eval_batch_size)
-    metrics.update({f"val_{k}": v for k, v in val.items()})
-    metrics["val_acc"] = headline(val, train_set.multilabel)
+    metrics = {f"val_{k}": v for k, v in val.items()}
+    metrics["val_acc"] = headline(val, val_set.multilabel)
     if test_set is not None:
         test = evaluate(net, test_set, config.eval_batch_size)
         metrics.update({f"test_{k}": v for k, v in test.items()})
-    if keep is not None:
-        keep["model"] = net
     return metrics
+
+
+def finetune(
+    backbone: nn.Module,
+    config: BiSSLConfig,
+    train_set: ImageDataset,
+    val_set: ImageDataset,
+    lr: float | None = None,
+    wd: float | None = None,
+    *,
+    test_set: ImageDataset | None = None,
+    steps: int | None = None,
+    seed: int | None = None,
+    progress: bool = False,
+) -> dict[str, float]:
+    """:func:`finetune_model`'s training record and :func:`split_metrics`: the metrics of a
+    fine-tuned copy of ``backbone`` (which is not modified)."""
+    net, metrics = finetune_model(
+        backbone, config, train_set, lr, wd, steps=steps, seed=seed, progress=progress
+    )
+    return {**metrics, **split_metrics(net, config, val_set, test_set)}

@@ -1,12 +1,14 @@
-"""The BiSSL pipeline and its baseline, stage by stage.
+"""The BiSSL pipeline and its baseline: one path whose middle differs.
 
-BiSSL:    SimCLR pre-training -> head warm-up on the frozen backbone -> BiSSL -> fine-tune θ_P
-Baseline: SimCLR pre-training -> fine-tune (the same fine-tuning: steps, lr, wd, head warm-up)
+BiSSL:    data -> SimCLR pre-training -> head warm-up -> BiSSL alternations -> fine-tune θ_P
+Baseline: data -> SimCLR pre-training -> fine-tune (the same fine-tuning: steps, lr, wd, warm-up)
 
-With ``baseline_matched_pretext`` the baseline's SimCLR stage runs ``pretext.steps +
-alternations·lower_steps`` steps, so both paths give the backbone the same number of pretext
-updates. Metrics are measured on the downstream val and test splits (percent): top-1, top-5, and
-11-point mAP for multi-label sets. Stage outputs live under ``out_dir`` and are reused on rerun.
+:func:`run_method` loads the data once (:class:`bissl.stages.BiSSLData`), runs the path's middle
+(:data:`PATHS`) and fine-tunes the backbone it returns. With ``baseline_matched_pretext`` the
+baseline's SimCLR stage runs ``pretext.steps + alternations·lower_steps`` steps, so both paths
+give the backbone the same number of pretext updates. Metrics are measured on the downstream val
+and test splits (percent): top-1, top-5, and 11-point mAP for multi-label sets. Stage outputs
+live under ``out_dir`` and are reused on rerun.
 
 Under ``torchrun`` the SimCLR and BiSSL stages train data-parallel and rank 0 writes their files;
 fine-tuning runs on rank 0 alone, while the other processes return after the BiSSL (baseline:
@@ -16,7 +18,6 @@ SimCLR) stage with the metrics they have.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import sys
 import time
@@ -24,26 +25,24 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
+from torch import nn
 
 from bissl.batches import downstream_split
 from bissl.bilevel import BiSSLTrainer
+from bissl.budget import baseline_pretext_steps, path_views
 from bissl.config import BiSSLConfig
 from bissl.curves import plot_bissl_curves
-from bissl.finetune import finetune
+from bissl.finetune import finetune, finetune_model, split_metrics
+from bissl.stages import BiSSLData, load_backbone, pretext_encoder
 from bmssl import distributed
-from bmssl.checkpoints import load_checkpoint, save_weights
-from bmssl.errors import UserError
-from bmssl.io import atomic_write, write_json
-from bmssl.nets import Encoder
-from bmssl.pretrain import encoder_for, load_split
-from bmssl.simclr import SimCLRTrainer
+from bmssl.checkpoints import save_weights
+from bmssl.errors import check_choice
+from bmssl.io import write_json
 
 __all__ = [
-    "baseline_pretext_steps",
-    "finetune",
-    "load_splits",
-    "pretext_encoder",
+    "PATHS",
+    "finetune_lower_backbone",
+    "pretext_encoder",  # the SimCLR stage (bissl.stages), for `python -m bissl pretext`
     "run_baseline",
     "run_bissl",
     "run_finetune",
@@ -51,140 +50,33 @@ __all__ = [
     "shared_pretext",
 ]
 
-#: SimCLR options that do not change the trained encoder (left out of the pretext cache key)
-_NOT_IN_KEY = (
-    "eval_every", "eval_episodes", "eval_n_way", "eval_k_shot", "log_every", "device", "workers",
-    "pin_memory",
-)  # fmt: skip
+#: what a path's middle returns: the backbone to fine-tune and metrics of its own
+Middle = Callable[[BiSSLConfig, BiSSLData, Path, Path, bool], tuple[nn.Module, dict[str, float]]]
 
 
-def pretext_key(config: BiSSLConfig, steps: int) -> str:
-    """Short hash naming a pretext run: its SimCLR settings (seed included) and step count."""
-    fields = dataclasses.asdict(config.pretext_run(steps))
-    for name in _NOT_IN_KEY:
-        fields.pop(name, None)
-    fields["steps"] = steps
-    return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def baseline_pretext_steps(config: BiSSLConfig) -> int:
-    """SimCLR steps of the baseline path (matched to BiSSL's pretext updates if configured)."""
-    bil = config.bilevel
-    extra = bil.alternations * bil.lower_steps if config.baseline_matched_pretext else 0
-    return config.pretext.steps + extra
-
-
-def pretext_encoder(
-    config: BiSSLConfig,
-    steps: int | None = None,
-    cache_dir: str | Path | None = None,
-    progress: bool = False,
-) -> tuple[Encoder, Path | None]:
-    """SimCLR-pre-trained encoder (:class:`bmssl.simclr.SimCLRTrainer`) for ``steps`` steps.
-
-    With ``cache_dir`` the run checkpoints under ``<cache_dir>/pretext-<key>/`` (resumable) and
-    the finished encoder is stored as ``<cache_dir>/pretext-<key>.pt`` (``{"encoder": ...}``),
-    which later calls load instead of training. Returns the encoder and that file (which only
-    rank 0 writes).
-    """
-    steps = config.pretext.steps if steps is None else steps
-    cfg = config.pretext_run(steps)
-    path = None
-    if cache_dir is not None:
-        path = Path(cache_dir) / f"pretext-{pretext_key(config, steps)}.pt"
-        if path.is_file():
-            encoder = encoder_for(load_split(cfg, "train"), cfg)
-            encoder.load_state_dict(load_checkpoint(path, restore_rng=False)["encoder"])
-            return encoder, path
-    if steps == 0:
-        torch.manual_seed(config.seed)
-        encoder = encoder_for(load_split(cfg, "train"), cfg)
-    else:
-        run_dir = Path(cache_dir) / f"pretext-{pretext_key(config, steps)}" if cache_dir else None
-        trainer = SimCLRTrainer(cfg, run_dir, progress)
-        trainer.fit()
-        encoder = trainer.encoder
-    if path is not None and distributed.is_main():
-        state = {"encoder": encoder.state_dict(), "simclr": dataclasses.asdict(cfg)}
-        atomic_write(path, lambda f: torch.save(state, f), mode="wb")
-    return encoder, path
-
-
-def load_splits(config: BiSSLConfig) -> dict[str, Any]:
-    """The downstream train/val/test splits of ``config``."""
-    return {split: downstream_split(config, split) for split in ("train", "val", "test")}
-
-
-def run_bissl(
-    config: BiSSLConfig,
-    out_dir: str | Path,
-    progress: bool = True,
-    pretext_cache: str | Path | None = None,
-) -> dict[str, float]:
-    """Full BiSSL path; writes ``<out_dir>/metrics.json`` and returns the metrics."""
-    config.validate()
-    out_dir = Path(out_dir)
-    started = time.perf_counter()
-    splits = load_splits(config)
-    encoder, _ = pretext_encoder(config, None, pretext_cache or out_dir, progress)
-    trainer = BiSSLTrainer(config, out_dir / "bissl", progress, encoder=encoder)
+def _bissl_middle(
+    config: BiSSLConfig, data: BiSSLData, out_dir: Path, cache: Path, progress: bool
+) -> tuple[nn.Module, dict[str, float]]:
+    """SimCLR pretext -> head warm-up -> alternations (in ``out_dir/bissl``); θ_P."""
+    encoder, _ = pretext_encoder(config, None, cache, progress, data.pretext)
+    trainer = BiSSLTrainer.start(config, data, encoder, out_dir / "bissl", progress)
     history = trainer.fit()
-    extra = {f"bissl_{k}": v for k, v in history.items() if isinstance(v, float)}
-    if not distributed.is_main():
-        return extra
-    plot_bissl_curves(out_dir / "bissl" / "metrics.csv", out_dir / "bissl" / "curves.png")
-    return _finetune_and_record(
-        "bissl", trainer.encoder_p.backbone, config, splits, out_dir, started, progress, extra
-    )
+    if distributed.is_main():
+        plot_bissl_curves(out_dir / "bissl" / "metrics.csv", out_dir / "bissl" / "curves.png")
+    return trainer.backbone(), {f"bissl_{k}": v for k, v in history.items() if isinstance(v, float)}
 
 
-def run_baseline(
-    config: BiSSLConfig,
-    out_dir: str | Path,
-    progress: bool = True,
-    pretext_cache: str | Path | None = None,
-) -> dict[str, float]:
-    """Baseline path (pretext -> fine-tune); writes ``<out_dir>/metrics.json``."""
-    config.validate()
-    out_dir = Path(out_dir)
-    started = time.perf_counter()
-    splits = load_splits(config)
+def _baseline_middle(
+    config: BiSSLConfig, data: BiSSLData, out_dir: Path, cache: Path, progress: bool
+) -> tuple[nn.Module, dict[str, float]]:
+    """SimCLR pretext for :func:`bissl.budget.baseline_pretext_steps`; its backbone."""
     steps = baseline_pretext_steps(config)
-    encoder, _ = pretext_encoder(config, steps, pretext_cache or out_dir, progress)
-    extra = {"pretext_steps": float(steps)}
-    if not distributed.is_main():
-        return extra
-    return _finetune_and_record(
-        "baseline", encoder.backbone, config, splits, out_dir, started, progress, extra
-    )
+    encoder, _ = pretext_encoder(config, steps, cache, progress, data.pretext)
+    return encoder.backbone, {"pretext_steps": float(steps)}
 
 
-def _finetune_and_record(
-    method: str,
-    backbone: torch.nn.Module,
-    config: BiSSLConfig,
-    splits: dict[str, Any],
-    out_dir: Path,
-    started: float,
-    progress: bool,
-    extra: dict[str, float],
-) -> dict[str, float]:
-    """Fine-tune ``backbone`` on the downstream splits, then write the fine-tuned network
-    (``finetuned.pt``, a plain state_dict of backbone ``0.*`` and head ``1.*``) and the
-    metrics (``metrics.json``); returns the metrics."""
-    kept: dict[str, torch.nn.Module] = {}
-    metrics = finetune(
-        backbone, config, splits["train"], splits["val"], test_set=splits["test"],
-        progress=progress, keep=kept,
-    )  # fmt: skip
-    metrics.update(extra)
-    metrics["wall_s"] = time.perf_counter() - started
-    save_weights(out_dir / "finetuned.pt", kept["model"].state_dict())
-    write_json(
-        out_dir / "metrics.json",
-        {"method": method, "config": dataclasses.asdict(config), "metrics": metrics},
-    )
-    return metrics
+#: the two rows of the BiSSL table, by name: each path's middle stages
+PATHS: dict[str, Middle] = {"baseline": _baseline_middle, "bissl": _bissl_middle}
 
 
 def run_method(
@@ -194,12 +86,53 @@ def run_method(
     progress: bool = True,
     pretext_cache: str | Path | None = None,
 ) -> dict[str, float]:
-    """``run_bissl`` or ``run_baseline`` by name ("bissl" or "baseline")."""
-    from bmssl.errors import check_choice
+    """The path ``method`` (a key of :data:`PATHS`) on ``config``: writes the fine-tuned network
+    (``finetuned.pt``, a plain state_dict of backbone ``0.*`` and head ``1.*``) and
+    ``metrics.json`` into ``out_dir``, and returns the metrics. The SimCLR stage is cached in
+    ``pretext_cache`` (default ``out_dir``), so paths and seeds that share it train it once."""
+    check_choice("method", method, tuple(PATHS))
+    config.validate()
+    out_dir = Path(out_dir)
+    started = time.perf_counter()
+    data = BiSSLData.load(config)
+    cache = Path(pretext_cache) if pretext_cache is not None else out_dir
+    backbone, extra = PATHS[method](config, data, out_dir, cache, progress)
+    if not distributed.is_main():
+        return extra
+    net, metrics = finetune_model(backbone, config, data.train, progress=progress)
+    metrics.update(split_metrics(net, config, data.val, data.test))
+    metrics.update(extra)
+    metrics["views_seen"] = float(path_views(config, method)["total"])
+    metrics["wall_s"] = time.perf_counter() - started
+    save_weights(out_dir / "finetuned.pt", net.state_dict())
+    write_json(
+        out_dir / "metrics.json",
+        {"method": method, "config": dataclasses.asdict(config), "metrics": metrics},
+    )
+    return metrics
 
-    check_choice("method", method, ("bissl", "baseline"))
-    run = run_bissl if method == "bissl" else run_baseline
-    return run(config, out_dir, progress, pretext_cache)
+
+def run_bissl(
+    config: BiSSLConfig,
+    out_dir: str | Path,
+    progress: bool = True,
+    pretext_cache: str | Path | None = None,
+) -> dict[str, float]:
+    """``run_method("bissl", ...)``: the full BiSSL path."""
+    return run_method("bissl", config, out_dir, progress, pretext_cache)
+
+
+def run_baseline(
+    config: BiSSLConfig,
+    out_dir: str | Path,
+    progress: bool = True,
+    pretext_cache: str | Path | None = None,
+) -> dict[str, float]:
+    """``run_method("baseline", ...)``: pretext -> fine-tune."""
+    return run_method("baseline", config, out_dir, progress, pretext_cache)
+
+
+# -- the stages a search runs (registered in bissl.methods, used by tuning) --------------------
 
 
 def shared_pretext(base: BiSSLConfig, directory: Path) -> dict[str, Any]:
@@ -220,28 +153,12 @@ def shared_pretext(base: BiSSLConfig, directory: Path) -> dict[str, Any]:
     return {"init_from": str(path)}
 
 
-def load_backbone(config: BiSSLConfig) -> torch.nn.Module:
-    """The backbone stored in ``config.init_from``: a pretext file (``{"encoder": ...}``, the
-    baseline path's backbone) or a BiSSL trainer checkpoint (its lower backbone θ_P)."""
-    if config.init_from is None:
-        raise UserError(
-            "fine-tuning needs a trained backbone: set init_from to a file written by "
-            "`python -m bissl pretext` or to a BiSSL run's checkpoints/last.pt"
-        )
-    state = load_checkpoint(config.init_from, restore_rng=False)
-    if "encoder" in state:
-        weights = state["encoder"]
-    elif isinstance(state.get("trainer"), dict) and "encoder_p" in state["trainer"]:
-        weights = state["trainer"]["encoder_p"]
-    else:
-        raise UserError(
-            f"init_from={config.init_from!r} holds neither pretext weights ('encoder') nor a "
-            "BiSSL checkpoint ('trainer' -> 'encoder_p')"
-        )
-    cfg = config.pretext_run()
-    encoder = encoder_for(load_split(cfg, "train"), cfg)
-    encoder.load_state_dict(weights)
-    return encoder.backbone
+def finetune_lower_backbone(trainer: BiSSLTrainer) -> dict[str, float]:
+    """The final stage of a BiSSL search trial (``Space.finish``): fine-tune θ_P
+    (``trainer.backbone()``) on the downstream train split with the config's fine-tuning budget;
+    metrics on the val split, ``val_acc`` the headline (top-1, or mAP for multi-label sets)."""
+    data = trainer.data
+    return finetune(trainer.backbone(), trainer.config, data.train, data.val)
 
 
 FINETUNE_RESULT = "finetune.json"
@@ -252,15 +169,16 @@ def run_finetune(
     out_dir: Path,
     on_eval: Callable[[int, dict[str, float], Path | None], None],
 ) -> tuple[dict[str, float], int, Path | None]:
-    """A fine-tuning trial: fine-tune ``load_backbone(config)`` once and report the metrics
-    (or return those a restored trial directory holds). ``(metrics, step, checkpoint)``, like a
-    trainer run; the metrics file is the trial's checkpoint, so a finished trial never reruns."""
+    """A fine-tuning trial (the ``bissl-finetune`` method's runner): fine-tune the backbone in
+    ``init_from`` once and report the metrics (or return those a restored trial directory
+    holds). ``(metrics, step, checkpoint)``, like a trainer run; the metrics file is the trial's
+    checkpoint, so a finished trial never reruns."""
     path = out_dir / "checkpoints" / FINETUNE_RESULT
     steps = config.finetune.steps
     if path.is_file():
         return json.loads(path.read_text()), steps, path
-    splits = load_splits(config)
-    metrics = finetune(load_backbone(config), config, splits["train"], splits["val"])
+    train, val = downstream_split(config, "train"), downstream_split(config, "val")
+    metrics = finetune(load_backbone(config), config, train, val)
     metrics["step"] = float(steps)
     write_json(path, metrics)
     on_eval(steps, metrics, path)

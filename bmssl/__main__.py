@@ -19,20 +19,22 @@ rebuilds the backbone of any registered method's checkpoint and reports few-shot
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from bmssl.cli import (
+    Parser,
     parse_args,
     print_config,
     refuse_multiprocess_launch,
+    skip_corrupt,
     split_positional,
     verb_parser,
 )
-from bmssl.errors import UserError, cli_entry
+from bmssl.errors import UserError, cli_entry, shown
 
 DEFAULT_METHOD = "bmssl"
 
@@ -41,11 +43,11 @@ def _parser(method: str | None) -> argparse.ArgumentParser:
     from bmssl.evaluate import EvalConfig
     from bmssl.methods import get_method, list_methods
 
-    parser = argparse.ArgumentParser(prog="python -m bmssl", description=__doc__.split("\n")[0])
+    parser = Parser(prog="python -m bmssl", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("methods", help="list the registered methods")
     names = ", ".join(m.name for m in list_methods())
-    shown = get_method(method or DEFAULT_METHOD)
+    listed = get_method(method or DEFAULT_METHOD)
     for verb, text in (
         ("train", f"train METHOD (one of: {names}; default {DEFAULT_METHOD})"),
         ("print-config", "print the resolved config of METHOD as YAML"),
@@ -54,9 +56,10 @@ def _parser(method: str | None) -> argparse.ArgumentParser:
             sub,
             verb,
             text,
-            config_cls=shown.config_class(),
+            config_cls=listed.config_class(),
             out="run directory (checkpoints, history, config)" if verb == "train" else None,
-            presets=tuple(shown.presets),
+            presets=tuple(listed.presets),
+            images=verb == "train",
         )
     ev = verb_parser(
         sub,
@@ -65,6 +68,7 @@ def _parser(method: str | None) -> argparse.ArgumentParser:
         config_cls=EvalConfig,
         config=False,
         out="run directory (uses checkpoints/last.pt)",
+        images=True,
     )
     ev.add_argument("--checkpoint", type=Path, help="a checkpoint file written by train")
     ex = verb_parser(
@@ -75,7 +79,7 @@ def _parser(method: str | None) -> argparse.ArgumentParser:
         out="run directory (uses checkpoints/last.pt)",
     )
     ex.add_argument("--checkpoint", type=Path, help="a checkpoint file written by train")
-    ex.add_argument("--to", type=Path, help="output file (default <run>/backbone.pt)")
+    ex.add_argument("--to", metavar="FILE", help="output file (default <run>/backbone.pt)")
     return parser
 
 
@@ -102,11 +106,12 @@ def _train(args: argparse.Namespace) -> dict:
     from bmssl.trainer import resolve_device
 
     method, config = _method_and_config(args)
-    trainer_cls = method.trainer_class()
-    if trainer_cls is None:
+    if method.kind != "trainer":
         raise UserError(
-            f"method {method.name!r} is not trained; evaluate it with reproduce/table1.py"
+            f"method {method.name!r} is not trained by a trainer ({method.kind}); evaluate it "
+            "with reproduce/table1.py"
         )
+    trainer_cls = method.trainer_class()
     world = launched_world()
     if world > 1 and not getattr(trainer_cls, "data_parallel", False):
         raise UserError(
@@ -117,14 +122,40 @@ def _train(args: argparse.Namespace) -> dict:
         return _train_in_group(args, method, config, trainer_cls)
 
 
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun group, or the only process."""
+    from bmssl.distributed import is_main
+
+    return bool(is_main())
+
+
 def _train_in_group(args: argparse.Namespace, method, config, trainer_cls) -> dict:
-    """``train`` in this process (rank r of a torchrun group, or alone); rank 0 writes."""
+    """``train`` in this process (rank r of a torchrun group, or alone); rank 0 writes.
+
+    A new run that fails in any way (a corrupt image, a diverging loss, a full disk, Ctrl-C)
+    before its first checkpoint leaves nothing behind: no half-made run folder to mistake for a
+    run. Once a checkpoint exists the folder stays, since rerunning resumes from it.
+    """
+    from bmssl.io import removed_on_failure
+
+    out = args.out
+    writes = out is not None and is_main_process()
+    guard = (
+        removed_on_failure(out, keep=lambda: any((out / "checkpoints").glob("*.pt")))
+        if writes
+        else contextlib.nullcontext()
+    )
+    with guard:
+        return _train_and_record(args, method, config, trainer_cls)
+
+
+def _train_and_record(args: argparse.Namespace, method, config, trainer_cls) -> dict:
     from bmssl.config import config_to_yaml
     from bmssl.io import write_json, write_text
 
-    trainer = trainer_cls(config, args.out, progress=not args.quiet)  # checks settings and data
+    # checks settings and data; a trainer may build from the config alone (BiSSL's does)
+    trainer = method.build_trainer(config, args.out, progress=not args.quiet)
     main = trainer.is_main
-    fresh = main and args.out is not None and not args.out.exists()
     if args.out is not None and main:
         from bmssl.io import ensure_writable_dir
         from bmssl.runlock import RunLock
@@ -134,14 +165,7 @@ def _train_in_group(args: argparse.Namespace, method, config, trainer_cls) -> di
             if trainer.maybe_resume():  # a refused resume leaves the folder as it was
                 print(f"resuming from {trainer.checkpoint_path}", file=sys.stderr)
             write_text(args.out / "config.yaml", config_to_yaml(config))
-    try:
-        metrics = trainer.fit()  # the other ranks resume from rank 0's last.pt in here
-    except UserError:
-        # A new run that failed before its first checkpoint (a corrupt image, a diverging
-        # loss) leaves nothing behind: no half-made run folder to mistake for a run.
-        if fresh and not (args.out / "checkpoints").exists():
-            shutil.rmtree(args.out, ignore_errors=True)
-        raise
+    metrics = trainer.fit()  # the other ranks resume from rank 0's last.pt in here
     if main:
         if args.out is not None:
             write_json(args.out / "metrics.json", metrics)
@@ -161,7 +185,7 @@ def _checkpoint_path(args: argparse.Namespace) -> Path:
 def _eval(args: argparse.Namespace) -> dict:
     from bmssl.config import load_config
     from bmssl.evaluate import EvalConfig, evaluate_fewshot
-    from bmssl.io import write_json
+    from bmssl.io import removed_on_failure, write_json
     from bmssl.pretrain import load_split
     from bmssl.trainer import load_trained
 
@@ -194,7 +218,8 @@ def _eval(args: argparse.Namespace) -> dict:
     }
     run_dir = args.out if args.out is not None else path.parent.parent
     name = f"{settings.split}_{settings.n_way}way{settings.k_shot}shot_{settings.classifier}.json"
-    write_json(run_dir / "eval" / name, report)
+    with removed_on_failure(run_dir / "eval"):  # a full disk leaves no empty eval/ behind
+        write_json(run_dir / "eval" / name, report)
     print(
         f"{config.dataset} {settings.split} {settings.n_way}-way {settings.k_shot}-shot: {result} %"
     )
@@ -203,15 +228,36 @@ def _eval(args: argparse.Namespace) -> dict:
 
 def _export(args: argparse.Namespace) -> Path:
     from bmssl.checkpoints import save_weights
+    from bmssl.io import removed_on_failure
     from bmssl.trainer import load_trained
 
     if args.overrides:
-        raise UserError(f"export takes no options; got {' '.join(args.overrides)}")
+        raise UserError(f"export takes no options; got {shown(' '.join(args.overrides))}")
+    target = _export_target(args)
     path = _checkpoint_path(args)
     trained = load_trained(path)
-    target = args.to if args.to is not None else path.parent.parent / "backbone.pt"
-    save_weights(target, trained.backbone.state_dict())
+    if target is None:
+        target = path.parent.parent / "backbone.pt"
+    # The file is replaced atomically, so an interrupted export keeps the previous one; the
+    # folders it had to create go again.
+    with removed_on_failure(target.parent):
+        save_weights(target, trained.backbone.state_dict())
     print(f"wrote the {trained.method} backbone (step {trained.step}) to {target}")
+    return target
+
+
+def _export_target(args: argparse.Namespace) -> Path | None:
+    """``--to`` checked before anything is read or written (None: the default)."""
+    if args.to is None:
+        return None
+    if not args.to.strip():
+        raise UserError("--to is empty; pass the file to write (for example --to backbone.pt)")
+    target = Path(args.to)
+    if target.is_dir():
+        raise UserError(
+            f"--to {shown(str(target), 200)} is a folder; pass a file name, for example "
+            f"--to {target / 'backbone.pt'}"
+        )
     return target
 
 
@@ -222,7 +268,7 @@ def _first_word(tokens: list[str]) -> str | None:
         if skip:
             skip = False
         elif token.startswith("-"):
-            skip = "=" not in token and token not in ("--quiet", "-h", "--help")
+            skip = "=" not in token and token not in ("--quiet", "--skip-corrupt", "-h", "--help")
         elif "=" not in token:
             return token
     return None
@@ -238,6 +284,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(_parser(method), argv, positional=True)
     if args.command != "train":  # train splits its steps across torchrun's processes
         refuse_multiprocess_launch(f"`python -m bmssl {args.command}`")
+    with skip_corrupt(args):
+        _run(args)
+
+
+def _run(args: argparse.Namespace) -> None:
+    """The verb ``args.command``."""
     if args.command == "methods":
         from bmssl.methods import list_methods
 

@@ -3,7 +3,9 @@
 Checkpoints are read with ``torch.load(..., weights_only=True)``: opening a file someone sent
 cannot run code. Everything :func:`save_checkpoint` writes (the RNG state included) is therefore
 kept to tensors and plain Python values, and a file that needs a full unpickle is refused with an
-:class:`UnsafeCheckpointError` rather than opened unsafely.
+:class:`UnsafeCheckpointError` rather than opened unsafely. Even :func:`upgrade_checkpoint`,
+which reads the older format whose RNG state held numpy arrays, never unpickles fully: it allows
+numpy's array and scalar rebuilders and nothing else.
 """
 
 from __future__ import annotations
@@ -245,7 +247,9 @@ def _corrupt(kind: str, path: Path, err: BaseException, fix: str) -> str:
     return f"{kind} {str(path)!r} is truncated or corrupt ({reason}); {fix}"
 
 
-_CHECKPOINT_FIX = "delete it or rerun with --fresh (or use another --out) to start over"
+#: what to do about a bad checkpoint; every command that reads one (train, eval, the BiSSL and
+#: table drivers) takes --out, so the fix is runnable whichever it was
+_CHECKPOINT_FIX = "delete it to start over, or use another --out"
 
 
 def load_checkpoint(
@@ -289,17 +293,35 @@ def upgrade_checkpoint(path: str | os.PathLike, dst: str | os.PathLike | None = 
     """Re-save a checkpoint written by an older version of this harness (whose RNG state held
     numpy arrays) so that :func:`load_checkpoint` opens it; writes ``dst`` (default: in place).
 
-    This runs a FULL unpickle, which can execute code: use it only on files you trust (your own
-    runs). Returns the path written.
+    Reads with ``weights_only=True`` plus numpy's array, dtype and scalar rebuilders only, so
+    even this cannot run code from the file: anything else it names is refused with an
+    :class:`UnsafeCheckpointError`. Returns the path written.
     """
     path = Path(path)
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    with torch.serialization.safe_globals(_numpy_globals()):
+        state = _load_weights_only(path, "checkpoint", _CHECKPOINT_FIX)
     if not isinstance(state, dict):
         raise CheckpointError(f"{str(path)!r} holds a {type(state).__name__}, not a checkpoint")
     payload = dict(_plain({k: v for k, v in state.items() if k != "rng"}, "state"))
     if "rng" in state:
         payload["rng"] = _rng_to_plain(state["rng"])
     return atomic_write(path if dst is None else dst, lambda f: torch.save(payload, f), mode="wb")
+
+
+def _numpy_globals() -> list[Any]:
+    """What an old checkpoint's numpy RNG state needs: numpy's array, dtype and scalar
+    rebuilders, under the names numpy 1 (``numpy.core``) and numpy 2 (``numpy._core``) write."""
+    from bmssl.data.safe_pickle import numpy_attr
+
+    allowed: list[Any] = [np.ndarray, np.dtype]
+    # numpy 2 rebuilds a dtype as an instance of its class (numpy.dtypes.UInt32DType, ...).
+    allowed += sorted({type(np.dtype(code)) for code in "?bhilqBHILQefdgFDG"}, key=str)
+    for name in ("_reconstruct", "scalar"):
+        rebuild = numpy_attr("multiarray", name)
+        allowed += [
+            (rebuild, f"{package}.multiarray.{name}") for package in ("numpy.core", "numpy._core")
+        ]
+    return allowed
 
 
 def save_weights(path: str | os.PathLike, state_dict: Mapping[str, torch.Tensor]) -> Path:

@@ -5,11 +5,17 @@ field whose type is itself a dataclass is a *section* (BiSSL's ``finetune``, ``c
 YAML it is a nested mapping, on the command line its fields are reached with dotted names
 (``finetune.lr=0.01``). Every YAML file of the repository (method configs, presets, table
 profiles) goes through :func:`load_config`, so they share one set of checks and messages.
+
+Parsing is bounded and unambiguous (:mod:`bmssl.yaml_strict`): YAML aliases, merge keys and
+files over 1 MiB are refused (a kilobyte of aliases can expand to gigabytes), and a key given
+twice, in a file or on the command line, is an error naming both values. An integer option
+must fit in 64 bits, a seed must be >= 0 and a text option must not be empty.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Iterable, Iterator, Mapping
@@ -18,7 +24,11 @@ from typing import Any, TypeVar
 
 import yaml
 
-from bmssl.errors import UserError
+from bmssl.errors import UserError, one_line, shown
+from bmssl.yaml_strict import YAML_ERRORS, load_yaml_file, load_yaml_text, yaml_error_text
+
+#: integer options are C ``int64`` (torch, numpy); anything outside is refused up front
+INT_MIN, INT_MAX = -(2**63), 2**63 - 1
 
 C = TypeVar("C")
 
@@ -51,11 +61,11 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
                 return _coerce(name, value, arg)
             except UserError as err:
                 errors.append(str(err))
-        raise UserError(errors[0] if errors else f"bad value {value!r} for {name}")
+        raise UserError(errors[0] if errors else f"bad value {shown(value)} for {name}")
     if origin is typing.Literal:
-        if value not in args:
+        if not _is_scalar(value) or value not in args:
             raise UserError(
-                f"{name}={value!r} is not allowed; choose one of: {', '.join(map(str, args))}"
+                f"{name}={shown(value)} is not allowed; choose one of: {', '.join(map(str, args))}"
             )
         return value
     if origin in (list, tuple):
@@ -74,8 +84,11 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
             return {}
         if not isinstance(value, Mapping):
             raise UserError(
-                f"{name}={value!r} is not a mapping; write it as '{{key: value, other: 2}}'"
+                f"{name}={shown(value)} is not a mapping; write it as '{{key: value, other: 2}}'"
             )
+        bad_keys = [k for k in value if not isinstance(k, str)]
+        if bad_keys:
+            raise UserError(f"{name} has a key {shown(bad_keys[0])} that is not text; quote it")
         return dict(value)
     if annotation is bool:
         if isinstance(value, bool):
@@ -84,80 +97,161 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
             return True
         if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
             return False
-        raise UserError(f"{name}={value!r} is not a boolean; use true or false")
-    if annotation in (int, float):
-        if isinstance(value, bool):
-            raise UserError(f"{name}={value!r} is not a number")
-        try:
-            number = float(value) if annotation is float else _to_int(value)
-        except (TypeError, ValueError, OverflowError):
-            kind = "an integer" if annotation is int else "a number"
-            raise UserError(f"{name}={value!r} is not {kind}") from None
-        return number
+        raise UserError(f"{name}={shown(value)} is not a boolean; use true or false")
+    if annotation is int:
+        return _to_int(name, value)
+    if annotation is float:
+        return _to_float(name, value)
     if annotation is str:
-        if isinstance(value, (Mapping, list)):
-            raise UserError(f"{name}={value!r} is not a string")
-        return str(value)
+        if not _is_scalar(value):
+            raise UserError(f"{name}={shown(value)} is not text; pass a plain value")
+        text = str(value)
+        if not text.strip():
+            raise UserError(f"{name} is empty; pass a value (or leave {name} out)")
+        return text
     return value
+
+
+def _key(name: Any) -> str:
+    """An option name from the user's input, escaped and cut to fit one line of a message."""
+    return one_line(repr(str(name))[1:-1], 80)
+
+
+def _is_scalar(value: Any) -> bool:
+    """A YAML scalar a text or choice option may take (not a list, mapping, bytes or date)."""
+    return isinstance(value, (str, int, float))
+
+
+def _is_seed(name: str) -> bool:
+    leaf = name.rsplit(".", 1)[-1]
+    return leaf == "seed" or leaf.endswith("_seed")
 
 
 def _yaml_value(name: str, text: str) -> Any:
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        first = str(err).splitlines()[0] if str(err) else "invalid YAML"
-        raise UserError(f"{name}={text!r} is not valid YAML ({first})") from None
+        return load_yaml_text(text)
+    except YAML_ERRORS as err:
+        raise UserError(f"{name}={shown(text)} {yaml_error_text(err)}") from None
 
 
-def _to_int(value: Any) -> int:
+def _to_int(name: str, value: Any) -> int:
+    """``value`` (a YAML number or command-line text) as an integer option in int64's range."""
+    number = _integer_or_none(value)
+    if number is None:
+        raise UserError(f"{name}={shown(value)} is not an integer")
+    if not INT_MIN <= number <= INT_MAX:
+        raise UserError(
+            f"{name}={shown(value)} is out of range: integer options must lie in "
+            f"[{INT_MIN}, {INT_MAX}]; pass a smaller value"
+        )
+    if _is_seed(name) and number < 0:
+        raise UserError(f"{name}={number} is negative; a seed must be >= 0 (for example 0)")
+    return number
+
+
+def _integer_or_none(value: Any) -> int | None:
+    """The whole number ``value`` stands for (beyond int64 when it is huge), or None."""
+    if isinstance(value, bool):
+        return None
     if isinstance(value, int):
         return value
-    as_float = float(value)
-    if not as_float.is_integer():
-        raise ValueError(value)
-    return int(as_float)
+    if isinstance(value, str):
+        text = value.strip().replace("_", "")
+        digits = text.lstrip("+-")
+        if digits.isascii() and digits.isdigit() and len(text) - len(digits) <= 1:
+            # Exact (a float would round long digit strings); past 40 digits the value is out
+            # of range anyway, and Python refuses to parse more than 4300.
+            sign = -1 if text.startswith("-") else 1
+            return int(text) if len(digits) <= 40 else sign * 10**41
+        try:
+            value = float(text)
+        except ValueError:
+            return None
+    if not isinstance(value, float) or value != value:  # not a number, or NaN
+        return None
+    if math.isinf(value):
+        return INT_MAX + 1 if value > 0 else INT_MIN - 1
+    return int(value) if value.is_integer() else None
+
+
+def _to_float(name: str, value: Any) -> float:
+    """``value`` as a float option (NaN and infinities are left to each config's checks)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise UserError(f"{name}={shown(value)} is not a number")
+    try:
+        return float(value.strip().replace("_", "") if isinstance(value, str) else value)
+    except OverflowError:
+        raise UserError(f"{name}={shown(value)} is too large; pass a finite number") from None
+    except ValueError:
+        raise UserError(f"{name}={shown(value)} is not a number") from None
 
 
 def parse_overrides(overrides: Iterable[str]) -> dict[str, str]:
-    """Turn ``["lr=0.1", "finetune.steps=5"]`` into a dict; a token without ``=`` is an error."""
+    """Turn ``["lr=0.1", "finetune.steps=5"]`` into a dict; a token without ``=`` is an error,
+    and so is a key given twice (``steps=5 steps=6``, ``eval-every=1 eval_every=2``)."""
     parsed: dict[str, str] = {}
+    tokens: dict[str, str] = {}
     for token in overrides:
         if "=" not in token:
             raise UserError(
-                f"override {token!r} is not of the form key=value (for example lr=0.01)"
+                f"override {shown(token)} is not of the form key=value (for example steps=100)"
             )
         key, value = token.split("=", 1)
-        parsed[key.strip().replace("-", "_")] = value.strip()
+        key = key.strip().replace("-", "_")
+        if not key:
+            raise UserError(f"override {shown(token)} has no key; write key=value")
+        if key in parsed:
+            raise UserError(
+                f"{_key(key)} is given twice ({shown(tokens[key])} and {shown(token)}); keep one"
+            )
+        parsed[key], tokens[key] = value.strip(), token
     return parsed
 
 
 def _nest(values: Mapping[str, Any]) -> dict[str, Any]:
-    """``{"a.b": 1, "a": {"c": 2}}`` -> ``{"a": {"b": 1, "c": 2}}`` (dotted keys become sections)."""
+    """``{"a.b": 1, "a": {"c": 2}}`` -> ``{"a": {"b": 1, "c": 2}}`` (dotted keys become sections).
+
+    One option reached twice (``a.b`` and ``a: {b: ...}``) is an error naming both values.
+    """
     nested: dict[str, Any] = {}
     for key, value in values.items():
-        head, _, rest = str(key).partition(".")
-        if rest:
-            sub = nested.setdefault(head, {})
-            if not isinstance(sub, dict):
-                raise UserError(f"{head} is not a section, so {key} is not an option")
-            sub.update(_nest({rest: value}))
-        elif isinstance(value, Mapping) and isinstance(nested.get(head), dict):
-            nested[head].update(_nest(value))
-        else:
-            nested[head] = value
+        _put(nested, str(key).split("."), value, str(key))
     return nested
+
+
+def _put(target: dict[str, Any], path: list[str], value: Any, full: str) -> None:
+    head, rest = path[0], path[1:]
+    if rest:
+        sub = target.setdefault(head, {})
+        if not isinstance(sub, dict):
+            raise UserError(f"{_key(head)} is not a section, so {_key(full)} is not an option")
+        _put(sub, rest, value, full)
+        return
+    if isinstance(value, Mapping) and isinstance(target.get(head), dict):
+        prefix = full.rsplit(".", 1)[0] + "." if "." in full else ""
+        for key, inner in value.items():
+            _put(target[head], str(key).split("."), inner, f"{prefix}{head}.{key}")
+        return
+    if head in target:
+        raise UserError(
+            f"{_key(full)} is given twice ({shown(target[head])} and {shown(value)}); keep one"
+        )
+    target[head] = value
 
 
 def _build(
     cls: type[C], values: Mapping[str, Any], base: C | None, prefix: str, root: str = ""
 ) -> C:
     types_ = _field_types(cls)
+    odd = [k for k in values if not isinstance(k, str)]
+    if odd:
+        raise UserError(f"option name {shown(odd[0])} in {prefix or 'the config'} is not text")
     unknown = sorted(set(values) - set(types_))
     if unknown:
         where = (
             f"{root} option(s) in section {prefix[:-1]}" if prefix else f"{cls.__name__} option(s)"
         )
-        names = ", ".join(prefix + u for u in unknown)
+        names = ", ".join(prefix + _key(u) for u in unknown[:5])
         raise UserError(
             f"unknown {where}: {names}; known options: "
             f"{', '.join(prefix + k for k in sorted(types_))}"
@@ -184,7 +278,7 @@ def _build(
             annotation = types_[key]
             is_dict = annotation is dict or typing.get_origin(annotation) is dict
             if isinstance(value, Mapping) and not is_dict:
-                inner = ", ".join(f"{prefix}{key}.{k}" for k in value)
+                inner = ", ".join(f"{prefix}{key}.{_key(k)}" for k in list(value)[:3])
                 raise UserError(
                     f"{prefix}{key} is not a section, so {inner} is not an option; "
                     f"set it as {prefix}{key}=VALUE"
@@ -209,21 +303,21 @@ def config_from_dict(cls: type[C], values: Mapping[str, Any], base: C | None = N
 def read_yaml_mapping(path: str | Path, what: str = "config file") -> dict[str, Any]:
     """The mapping a YAML file holds; every failure is one :class:`UserError` line."""
     path = Path(path)
+    where = shown(str(path), 200)
     if path.is_dir():
-        raise UserError(f"{what} {str(path)!r} is a folder; pass the path to a YAML file")
+        raise UserError(f"{what} {where} is a folder; pass the path to a YAML file")
     if not path.is_file():
-        raise UserError(f"{what} {str(path)!r} does not exist; pass the path to a YAML file")
+        raise UserError(f"{what} {where} does not exist; pass the path to a YAML file")
     try:
-        loaded = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(err, "problem", None) or "syntax error"
-        raise UserError(f"{what} {str(path)!r} is not valid YAML{where}: {problem}") from None
+        loaded = load_yaml_file(path)
+    except YAML_ERRORS as err:
+        raise UserError(f"{what} {where} {yaml_error_text(err)}") from None
     except (OSError, UnicodeDecodeError) as err:
-        raise UserError(f"cannot read {what} {str(path)!r}: {err}") from None
+        raise UserError(f"cannot read {what} {where}: {err}") from None
+    if loaded is None:
+        return {}
     if not isinstance(loaded, dict):
-        raise UserError(f"{what} {str(path)!r} must hold a mapping of option: value")
+        raise UserError(f"{what} {where} must hold a mapping of option: value")
     return loaded
 
 

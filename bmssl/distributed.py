@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -148,6 +148,16 @@ def all_reduce_mean_(tensors: Iterable[torch.Tensor]) -> None:
         for t in group:
             t.copy_(flat[offset : offset + t.numel()].view_as(t))
             offset += t.numel()
+
+
+def all_reduce_mean(tensors: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """:func:`all_reduce_mean_` on detached copies, which it returns (``tensors`` are left alone;
+    in one process they are returned as they are)."""
+    if world_size() == 1:
+        return tuple(tensors)
+    copies = tuple(t.detach().clone() for t in tensors)
+    all_reduce_mean_(copies)
+    return copies
 
 
 def average_gradients_(parameters: Iterable[nn.Parameter]) -> None:

@@ -12,6 +12,10 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 USER_ERROR_EXIT_CODE = 2
+#: the longest error line a CLI prints; a longer message keeps its start and its end (the fix)
+MESSAGE_LIMIT = 1000
+#: characters of a user's value that a message echoes
+VALUE_LIMIT = 80
 
 
 class UserError(ValueError):
@@ -53,7 +57,7 @@ class NonFiniteLossError(UserError, FloatingPointError):
 class CheckpointError(UserError):
     """A checkpoint or weights file is missing, truncated, corrupt, foreign or unsafe to open.
 
-    The message names the file and what to do (usually: delete it or rerun with ``--fresh``).
+    The message names the file and what to do (usually: delete it, or use another ``--out``).
     """
 
 
@@ -66,25 +70,29 @@ class UnsafeCheckpointError(CheckpointError):
 _DISK_FULL = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)})
 _NO_WRITE = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
 _NOT_DIR = frozenset({errno.ENOTDIR})
-ENVIRONMENT_ERRNOS = _DISK_FULL | _NO_WRITE | _NOT_DIR
+_TOO_LONG = frozenset({errno.ENAMETOOLONG})
+ENVIRONMENT_ERRNOS = _DISK_FULL | _NO_WRITE | _NOT_DIR | _TOO_LONG
 
 
 def describe_os_error(err: BaseException, option: str = "--out") -> str | None:
     """One-line explanation and fix for an OSError caused by the user's environment.
 
     Returns None unless ``err`` is an ``OSError`` with one of :data:`ENVIRONMENT_ERRNOS` (disk
-    full, read-only file system, no permission, a parent path that is a file). Only the file name
+    full, read-only file system, no permission, a parent path that is a file, a name too long). Only the file name
     the error itself carries is printed. ``option`` names the flag that picks the location.
     """
     if not isinstance(err, OSError) or err.errno not in ENVIRONMENT_ERRNOS:
         return None
-    where = repr(str(err.filename)) if err.filename is not None else None
+    where = shown(str(err.filename), 200) if err.filename is not None else None
     if err.errno in _DISK_FULL:
         target = f"writing {where}" if where else "writing output"
         return f"disk full while {target} ({err.strerror}); free space or choose another {option}"
     if err.errno == errno.EROFS:
         target = f"cannot write {where}" if where else "cannot write output"
         return f"{target}: read-only file system; choose another {option}"
+    if err.errno in _TOO_LONG:
+        target = f"{where}: its name" if where else "a file or folder name"
+        return f"{target} is too long for the file system; choose a shorter {option}"
     if err.errno in _NO_WRITE:  # EACCES, EPERM: may come from a read as well as a write
         target = f"no permission to access {where}" if where else "no permission"
         return f"{target} ({err.strerror}); fix the permissions or choose another {option}"
@@ -92,29 +100,81 @@ def describe_os_error(err: BaseException, option: str = "--out") -> str | None:
     return f"{target} is a file, not a folder ({err.strerror}); choose another {option}"
 
 
+def shown(value: Any, limit: int = VALUE_LIMIT) -> str:
+    """``repr(value)`` cut to about ``limit`` characters, for echoing user input in a message.
+
+    Never raises and never builds more than ``limit`` characters from the value: a huge integer
+    (whose ``repr`` Python refuses above 4300 digits) is described by its size, a long string or
+    container is cut and says how long it was.
+    """
+    if isinstance(value, bool) or value is None:
+        return repr(value)
+    if isinstance(value, int):
+        if value.bit_length() <= 3 * limit:  # at most ~limit decimal digits: cheap and short
+            return repr(value)
+        return f"<an integer of about {int(value.bit_length() * 0.30103) + 1} digits>"
+    if isinstance(value, (str, bytes)):
+        if len(value) <= limit:
+            return repr(value)
+        return f"{value[:limit]!r}... ({len(value)} characters)"
+    try:
+        text = repr(value)
+    except Exception:  # a repr that fails (huge nested ints, a broken object) says its type
+        return f"<{type(value).__name__}>"
+    return text if len(text) <= limit else f"{text[:limit]}... ({type(value).__name__})"
+
+
+def one_line(message: str, limit: int = MESSAGE_LIMIT) -> str:
+    """``message`` on one line, at most about ``limit`` characters (its start and its end kept:
+    the start names the bad value, the end usually says how to fix it)."""
+    flat = " ".join(str(message).split())
+    if len(flat) <= limit:
+        return flat
+    half = limit // 2
+    return f"{flat[:half]} ... {flat[-half:]}"
+
+
+def _memory_message(err: BaseException) -> str | None:
+    """One line for an allocation the machine could not satisfy (settings too large for it)."""
+    text = one_line(str(err), 200)
+    if isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError":
+        pass
+    elif not (isinstance(err, RuntimeError) and "can't allocate memory" in text):
+        return None
+    detail = f" ({text})" if text else ""
+    return (
+        f"not enough memory for these settings{detail}; lower the sizes (width, batch sizes, "
+        "image_size, n_way) or use a machine with more memory"
+    )
+
+
 def cli_entry(main: Callable[..., T]) -> Callable[..., T]:
-    """Decorate a CLI ``main``: a :class:`UserError` or an environment ``OSError`` (disk full,
-    read-only, no permission, parent is a file) exits 2 with a one-line message; Ctrl-C exits 130.
+    """Decorate a CLI ``main``: a :class:`UserError`, an environment ``OSError`` (disk full,
+    read-only, no permission, parent is a file) or an allocation the machine cannot satisfy
+    exits 2 with ONE line (at most :data:`MESSAGE_LIMIT` characters); Ctrl-C exits 130.
 
     Every other exception keeps its traceback, since it may be a bug.
     """
 
     @functools.wraps(main)
-    def wrapper(*args, **kwargs):
+    def wrapper(*args: Any, **kwargs: Any) -> T:
         try:
             return main(*args, **kwargs)
         except UserError as err:
-            print(f"error: {err}", file=sys.stderr)
-            raise SystemExit(USER_ERROR_EXIT_CODE) from None
+            message: str | None = str(err)
         except OSError as err:
             message = describe_os_error(err)
             if message is None:
                 raise
-            print(f"error: {message}", file=sys.stderr)
-            raise SystemExit(USER_ERROR_EXIT_CODE) from None
+        except (MemoryError, RuntimeError) as err:
+            message = _memory_message(err)
+            if message is None:
+                raise
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             raise SystemExit(130) from None
+        print(f"error: {one_line(message or 'invalid input')}", file=sys.stderr)
+        raise SystemExit(USER_ERROR_EXIT_CODE) from None
 
     return wrapper
 
@@ -126,20 +186,20 @@ def _as_float(name: str, value: Any) -> float:
     pass such values keep working; a string is a parsing bug upstream and is refused.
     """
     if isinstance(value, (str, bytes)):
-        raise UserError(f"{name} must be a number, got {value!r}")
+        raise UserError(f"{name} must be a number, got {shown(value)}")
     try:
         return float(value)
     except OverflowError:
         # An int too large for a float is finite but useless as a hyper-parameter.
-        raise UserError(f"{name}={value!r} is too large; pass a finite number") from None
+        raise UserError(f"{name}={shown(value)} is too large; pass a finite number") from None
     except (TypeError, ValueError):
-        raise UserError(f"{name} must be a number, got {value!r}") from None
+        raise UserError(f"{name} must be a number, got {shown(value)}") from None
 
 
 def check_finite(name: str, value: float) -> None:
     """Raise a :class:`UserError` unless ``value`` is a finite number (not NaN, not ±inf)."""
     if not math.isfinite(_as_float(name, value)):
-        raise UserError(f"{name} must be a finite number, got {value!r}; pass a finite value")
+        raise UserError(f"{name} must be a finite number, got {shown(value)}; pass a finite value")
 
 
 def check_positive(name: str, value: float) -> None:
@@ -147,7 +207,8 @@ def check_positive(name: str, value: float) -> None:
     number = _as_float(name, value)
     if not (math.isfinite(number) and number > 0):
         raise UserError(
-            f"{name} must be positive and finite, got {value!r}; pass a finite value greater than 0"
+            f"{name} must be positive and finite, got {shown(value)}; pass a finite value "
+            "greater than 0"
         )
 
 
@@ -156,7 +217,7 @@ def check_nonnegative(name: str, value: float) -> None:
     number = _as_float(name, value)
     if not (math.isfinite(number) and number >= 0):
         raise UserError(
-            f"{name} must be non-negative and finite, got {value!r}; pass a finite value >= 0"
+            f"{name} must be non-negative and finite, got {shown(value)}; pass a finite value >= 0"
         )
 
 
@@ -183,7 +244,7 @@ def check_range(
         left = "(-inf" if low is None else f"{'(' if low_open else '['}{low:g}"
         right = "inf)" if high is None else f"{high:g}{')' if high_open else ']'}"
         raise UserError(
-            f"{name} must be a finite number in {left}, {right}, got {value!r}; "
+            f"{name} must be a finite number in {left}, {right}, got {shown(value)}; "
             f"pass a value in that range"
         )
 
@@ -196,4 +257,6 @@ def check_probability(name: str, value: float) -> None:
 def check_choice(name: str, value: str, choices: list[str] | tuple[str, ...]) -> None:
     """Raise a :class:`UserError` unless ``value`` is one of ``choices``."""
     if value not in choices:
-        raise UserError(f"unknown {name} {value!r}; choose one of: {', '.join(map(str, choices))}")
+        raise UserError(
+            f"unknown {name} {shown(value)}; choose one of: {', '.join(map(str, choices))}"
+        )

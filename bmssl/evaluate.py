@@ -79,15 +79,15 @@ def check_episode_shape(
     n_way: int,
     k_shot: int,
     n_query: int,
-    names: tuple[str, str, str] = ("n_way", "k_shot", "n_query"),
+    names: tuple[str, str, str | None] = ("n_way", "k_shot", "n_query"),
 ) -> list[np.ndarray]:
     """Raise a :class:`UserError` if ``dataset`` cannot supply N-way K-shot Q-query episodes.
 
     ``names`` are the options the user set these with (e.g. ``eval_n_way``), so the message
-    names the real option.
+    names the real option; a ``None`` query name is a fixed count no option sets.
     """
     way, shot, query = names
-    for name, value in ((way, n_way), (shot, k_shot), (query, n_query)):
+    for name, value in ((way, n_way), (shot, k_shot), (query or "n_query", n_query)):
         if value < 1:
             raise UserError(f"{name} must be at least 1, got {value}")
     by_class = dataset.indices_by_class()
@@ -104,10 +104,13 @@ def check_episode_shape(
     eligible = [idx for idx in by_class if len(idx) >= k_shot + n_query]
     if len(eligible) < n_way:
         smallest = min(len(idx) for idx in by_class)
+        queries = f"{query}={n_query}" if query else f"{n_query} queries"
+        fix = f"lower {shot} or {query}" if query else (
+            f"lower {shot}, or use a dataset with {k_shot + n_query} images in {n_way} classes"
+        )  # fmt: skip
         raise UserError(
-            f"{shot}={k_shot} plus {query}={n_query} needs {k_shot + n_query} images per class but "
-            f"only {len(eligible)} classes have that many (the smallest has {smallest}); "
-            f"lower {shot} or {query}"
+            f"{shot}={k_shot} plus {queries} needs {k_shot + n_query} images per class but "
+            f"only {len(eligible)} classes have that many (the smallest has {smallest}); {fix}"
         )
     return by_class
 

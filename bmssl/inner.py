@@ -1,4 +1,4 @@
-"""Differentiable inner loop: ``θ_{l+1} = θ_l − α ∇_θ L(θ_l)`` for L steps, one interface, two
+"""Differentiable inner loop: ``θ_{l+1} = θ_l − α ∇_θ L(θ_l)`` for L steps, one interface, three
 backends.
 
 An :class:`InnerLoop` evaluates the encoder at explicit parameters (``embed``), unrolls
@@ -9,6 +9,10 @@ target). Parameters are dicts ``name -> tensor`` keyed like ``model.named_parame
   outer ``torch.func.grad`` and with ``torch.func.vmap`` over the tasks of a meta-batch.
 - ``"higher"``: ``higher.innerloop_ctx`` (monkey-patched module plus differentiable SGD),
   differentiated by ordinary autograd; one task at a time.
+- ``"autograd"``: :func:`torch.func.functional_call` differentiated by ordinary autograd
+  (``create_graph=True``), one task at a time, on a :func:`batch_statistics_twin` whose
+  BatchNorm layers keep torch's fused kernels: the meta-gradient of ``higher`` (bit-identical on
+  the CPU in the tests) without its patching, and a first order that builds no second-order graph.
 
 Second order by default: ``θ_L`` keeps its dependence on θ through every inner gradient. First
 order: the inner gradients are detached, so ``θ_L = θ − α Σ_l sg(g_l)`` and ``∂θ_L/∂θ = I``.
@@ -17,7 +21,8 @@ BatchNorm policy (explicit, the same for both backends): inside meta-training ev
 normalises with the statistics of its own batch (the support views, or the query views) and no
 running statistics are read or written; with ``bn="track"`` the trainer refreshes the running
 statistics of θ separately. ``higher`` runs the module itself in train mode (its patched copy
-keeps cloned buffers and never writes them back). ``func`` runs a :func:`functional_twin` whose
+keeps cloned buffers and never writes them back); ``autograd`` runs a
+:func:`batch_statistics_twin` (native BatchNorm without running statistics). ``func`` runs a :func:`functional_twin` whose
 BatchNorm layers are rebuilt from primitive ops: torch's fused batch-norm backward has a wrong
 batching rule for second-order gradients under vmap (pytorch/functorch#534, still so in torch
 2.14), which the decomposition avoids.
@@ -39,7 +44,7 @@ from bmssl.errors import check_choice
 Params = dict[str, torch.Tensor]
 LossOfParams = Callable[[Params], torch.Tensor]
 
-BACKENDS = ("func", "higher")
+BACKENDS = ("func", "higher", "autograd")
 
 
 class DecomposedBatchNorm(nn.Module):
@@ -100,6 +105,19 @@ def functional_twin(model: nn.Module) -> nn.Module:
     return twin.train()
 
 
+def batch_statistics_twin(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` in train mode whose BatchNorm layers normalise with batch
+    statistics and keep no running statistics (torch's fused kernels, unlike
+    :func:`functional_twin`). Parameter names are unchanged and no buffer is left, so
+    ``functional_call`` never mutates state."""
+    twin = copy.deepcopy(model)
+    for m in twin.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.track_running_stats = False
+            m.running_mean = m.running_var = m.num_batches_tracked = None
+    return twin.train()
+
+
 class InnerLoop(Protocol):
     """What the meta-objective needs from a backend (one task at a time, or vmapped for func)."""
 
@@ -139,9 +157,12 @@ class FuncInnerLoop:
 
     def adapt(self, params: Params, loss_fn: LossOfParams, steps: int) -> Params:
         for _ in range(steps):
-            grads = torch.func.grad(loss_fn)(params)
             if self.first_order:
-                grads = {name: g.detach() for name, g in grads.items()}
+                # The gradient at sg(θ_l): the same values as detaching the gradient at θ_l
+                # (bit for bit), without recording its second-order graph under the outer grad.
+                grads = torch.func.grad(loss_fn)({n: p.detach() for n, p in params.items()})
+            else:
+                grads = torch.func.grad(loss_fn)(params)
             params = _sgd(params, grads, self.lr)
         return params
 
@@ -151,6 +172,72 @@ class FuncInnerLoop:
             grads = torch.func.grad(loss_fn)(params)
             params = {n: p.detach() for n, p in _sgd(params, grads, self.lr).items()}
         return params
+
+
+def _autograd_grads(loss: torch.Tensor, params: Params, create_graph: bool) -> Params:
+    """``∂loss/∂params`` by autograd (zeros for a tensor the loss does not reach)."""
+    names = list(params)
+    grads = torch.autograd.grad(
+        loss, [params[n] for n in names], create_graph=create_graph, allow_unused=True
+    )
+    return {n: torch.zeros_like(params[n]) if g is None else g for n, g in zip(names, grads)}
+
+
+class AutogradInnerLoop:
+    """``autograd`` backend: ``functional_call`` on a :func:`batch_statistics_twin`, gradients by
+    ``torch.autograd.grad``. Second order keeps each inner gradient's graph
+    (``create_graph=True``); first order takes each inner gradient at ``sg(θ_l)``, so no graph
+    of it is built and ``θ_{l+1} = θ_l − α·g_l`` with ``g_l`` a constant."""
+
+    backend = "autograd"
+
+    def __init__(self, model: nn.Module, lr: float, first_order: bool = False) -> None:
+        self.model = model
+        self.lr = lr
+        self.first_order = first_order
+        # Where each named parameter lives, so that a call swaps tensors in and back out
+        # directly (what functional_call does, without its per-call bookkeeping).
+        self.slots = {}
+        for name, _ in model.named_parameters():
+            owner, _, attr = name.rpartition(".")
+            self.slots[name] = (model.get_submodule(owner), attr)
+        self.tied = len(list(model.named_parameters(remove_duplicate=False))) != len(self.slots)
+
+    def embed(self, params: Params, x: torch.Tensor) -> torch.Tensor:
+        if self.tied or params.keys() != self.slots.keys():  # functional_call handles those
+            return functional_call(self.model, params, (x,))
+        saved = {name: mod._parameters[attr] for name, (mod, attr) in self.slots.items()}
+        try:
+            for name, (mod, attr) in self.slots.items():
+                mod._parameters[attr] = params[name]  # type: ignore[assignment]
+            return self.model(x)
+        finally:
+            for name, (mod, attr) in self.slots.items():
+                mod._parameters[attr] = saved[name]
+
+    def adapt(self, params: Params, loss_fn: LossOfParams, steps: int) -> Params:
+        # A θ that carries no gradient (meta-loss values only) still needs a graph to step.
+        params = {
+            n: p if p.requires_grad else p.detach().requires_grad_() for n, p in params.items()
+        }
+        with torch.enable_grad():
+            for _ in range(steps):
+                if self.first_order:
+                    at = {n: p.detach().requires_grad_() for n, p in params.items()}
+                    grads = _autograd_grads(loss_fn(at), at, create_graph=False)
+                else:
+                    grads = _autograd_grads(loss_fn(params), params, create_graph=True)
+                params = _sgd(params, grads, self.lr)
+        return params
+
+    def descend(self, params: Params, loss_fn: LossOfParams, steps: int) -> Params:
+        current = {n: p.detach() for n, p in params.items()}
+        for _ in range(steps):
+            at = {n: p.requires_grad_() for n, p in current.items()}
+            with torch.enable_grad():
+                grads = _autograd_grads(loss_fn(at), at, create_graph=False)
+            current = {n: (at[n] - self.lr * grads[n]).detach() for n in at}
+        return current
 
 
 class HigherInnerLoop:
@@ -198,11 +285,15 @@ def open_inner_loop(
 ) -> Iterator[InnerLoop]:
     """The backend's :class:`InnerLoop` for one task (``higher``) or a whole meta-batch (``func``).
 
-    ``model`` is the encoder itself for ``higher`` and its :func:`functional_twin` for ``func``.
+    ``model`` is the encoder itself for ``higher``, its :func:`functional_twin` for ``func`` and
+    its :func:`batch_statistics_twin` for ``autograd`` (one task at a time, like ``higher``).
     """
     check_choice("backend", backend, BACKENDS)
     if backend == "func":
         yield FuncInnerLoop(model, lr, first_order)
+        return
+    if backend == "autograd":
+        yield AutogradInnerLoop(model, lr, first_order)
         return
     import higher
 

@@ -13,7 +13,7 @@ import re
 import shutil
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,16 @@ from bmssl.errors import (
     describe_os_error,
 )
 
-__all__ = ["atomic_write", "current_umask", "ensure_writable_dir", "write_json", "write_text"]
+__all__ = [
+    "atomic_write",
+    "current_umask",
+    "ensure_writable_dir",
+    "first_missing",
+    "removed_on_failure",
+    "removing",
+    "write_json",
+    "write_text",
+]
 
 # -- umask ------------------------------------------------------------------------------------
 
@@ -206,3 +215,57 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+# -- what a failed command created ----------------------------------------------------------
+
+
+def first_missing(path: str | os.PathLike) -> Path | None:
+    """The outermost folder of ``path`` (``path`` itself included) that does not exist yet:
+    what creating ``path`` with its parents would add, so what a failure should take away.
+    None when ``path`` exists already."""
+    path = Path(path).absolute()
+    if path.exists() or path.is_symlink():
+        return None
+    top = path
+    for parent in path.parents:
+        if parent.exists() or parent.is_symlink():
+            break
+        top = parent
+    return top
+
+
+@contextlib.contextmanager
+def removed_on_failure(
+    path: str | os.PathLike, keep: Callable[[], bool] = lambda: False
+) -> Iterator[Path | None]:
+    """Remove what the block created at ``path`` (the folder and any parents it made) when the
+    block fails in any way (an error, Ctrl-C), unless ``keep()`` says the folder now holds
+    something worth keeping (e.g. a checkpoint a rerun resumes from).
+
+    Nothing that existed before the block is touched: when ``path`` already existed the block's
+    own files stay, since they may sit among a previous run's. Yields the folder it would
+    remove (None when ``path`` existed).
+    """
+    with removing(first_missing(path), keep) as top:
+        yield top
+
+
+@contextlib.contextmanager
+def removing(top: Path | None, keep: Callable[[], bool] = lambda: False) -> Iterator[Path | None]:
+    """Like :func:`removed_on_failure` for a folder ``top`` the caller knows it created (found
+    with :func:`first_missing` before creating it); None removes nothing."""
+    try:
+        yield top
+    except BaseException:
+        if top is not None and top.exists() and not _kept(keep):
+            shutil.rmtree(top, ignore_errors=True)
+        raise
+
+
+def _kept(keep: Callable[[], bool]) -> bool:
+    """``keep()``, False when it cannot even look (a name too long, a folder unreadable)."""
+    try:
+        return bool(keep())
+    except OSError:
+        return False

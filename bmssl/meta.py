@@ -16,31 +16,62 @@ differentiates the tasks of its contiguous share ``b_r`` of the B, and the all-r
 ``(|b_r|/B)·∇ mean_{b_r}`` is the mean over all B tasks; every rank then takes the same Adam step
 and refreshes the running statistics from all B tasks (no-grad forwards, identical everywhere).
 
-The functional core (``support_loss``, ``task_meta_loss``, ``meta_loss``, ``meta_gradient``) works
-on parameter dicts; :class:`BMSSLTrainer` is the thin driver.
+This module holds the method's config and its driver (:class:`BMSSLTrainer`); the functional
+core works on parameter dicts: the task-level objective in :mod:`bmssl.meta_objective`
+(``support_loss``, ``task_meta_loss``), the meta-batch level by backend in
+:mod:`bmssl.meta_backends` (``meta_loss``, ``meta_targets``, ``meta_gradient``); both are
+re-exported here.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from bmssl import distributed
 from bmssl.data.views import STRENGTHS
 from bmssl.errors import UserError, check_choice, check_nonnegative, check_positive
-from bmssl.inner import BACKENDS, InnerLoop, Params, functional_twin, open_inner_loop
-from bmssl.losses import kl_matching, nt_xent, prototype_logits
+from bmssl.inner import BACKENDS
+from bmssl.meta_backends import (
+    MetaGradient,
+    meta_gradient,
+    meta_loss,
+    meta_targets,
+    model_for_backend,
+)
+from bmssl.meta_objective import (
+    INNER_LOSSES,
+    TaskLoss,
+    bootstrap_target,
+    loo_prototype_cross_entropy,
+    query_logits,
+    support_loss,
+    task_meta_loss,
+)
 from bmssl.nets import Encoder
 from bmssl.pretrain import EncoderState, FewShotValidation, RunConfig, step_loader
-from bmssl.tasks import Task, TaskBatch, TaskSampler
+from bmssl.tasks import TaskBatch, TaskSampler
 from bmssl.trainer import Trainer
 
-INNER_LOSSES = ("proto_loo", "proto", "ntxent")
+__all__ = [
+    "INNER_LOSSES",
+    "BMSSLConfig",
+    "BMSSLTrainer",
+    "MetaGradient",
+    "TaskLoss",
+    "bootstrap_target",
+    "loo_prototype_cross_entropy",
+    "meta_gradient",
+    "meta_loss",
+    "meta_targets",
+    "model_for_backend",
+    "query_logits",
+    "support_loss",
+    "task_meta_loss",
+    "train_bmssl",
+]
 
 
 @dataclass
@@ -72,8 +103,12 @@ class BMSSLConfig(RunConfig):
     tau: float = 0.2  # τ, temperature of the prototype logits
     # outer loop
     outer_lr: float = 3e-3
-    backend: str = "func"  # "func" | "higher"
-    vmap: bool = True  # func backend only: vmap over the B tasks (higher always loops)
+    # "autograd" (per-task unroll on torch.autograd: fastest, least memory) | "func" | "higher"
+    backend: str = "autograd"
+    vmap: bool = True  # func backend only: vmap over the B tasks (higher, autograd loop)
+    # func + vmap only: tasks per vmapped call, their gradients summed (0 = all B at once).
+    # Peak memory falls in proportion; the meta-gradient is the same up to float rounding.
+    task_chunk: int = 0
     first_order: bool = False
 
     @property
@@ -95,6 +130,7 @@ class BMSSLConfig(RunConfig):
             if getattr(self, name) < 0:
                 raise UserError(f"{name} must be >= 0, got {getattr(self, name)}")
         check_nonnegative("beta", self.beta)
+        check_nonnegative("task_chunk", self.task_chunk)
         if self.precision != "fp32":
             raise UserError(
                 f"precision={self.precision} is not available for BMSSL: its meta-gradient "
@@ -121,270 +157,6 @@ class BMSSLConfig(RunConfig):
                 f"num_train_images={self.num_train_images} is below n_way={self.n_way}; a task "
                 f"needs n_way distinct images"
             )
-
-
-# -- task losses --------------------------------------------------------------------------------
-
-
-def loo_prototype_cross_entropy(z: torch.Tensor, n_way: int, tau: float) -> torch.Tensor:
-    """Leave-one-view-out prototype CE over class-major support embeddings ``z [N·K, D]``.
-
-    View k of image c is scored against ``p_c^{-k}`` (normalised mean of its K−1 other views) and
-    against ``p_{c'}`` (all K views) for the other images: ``CE([z·p / τ], c)``.
-    """
-    z = F.normalize(z, dim=-1)
-    k = z.shape[0] // n_way
-    views = z.view(n_way, k, -1)  # [N, K, D]
-    sums = views.sum(1)  # [N, D]
-    logits = torch.einsum("nkd,md->nkm", views, F.normalize(sums, dim=-1))  # [N, K, N]
-    own = (views * F.normalize(sums.unsqueeze(1) - views, dim=-1)).sum(-1)  # [N, K]
-    mine = torch.eye(n_way, dtype=torch.bool, device=z.device).unsqueeze(1)  # [N, 1, N]
-    logits = torch.where(mine, own.unsqueeze(-1), logits) / tau
-    labels = torch.arange(n_way, device=z.device).repeat_interleave(k)
-    return F.cross_entropy(logits.reshape(n_way * k, n_way), labels)
-
-
-def support_loss(z: torch.Tensor, task: Task, kind: str, tau: float) -> torch.Tensor:
-    """The inner loss ``L_sup`` on support embeddings ``z [N·K, D]`` (class-major).
-
-    - ``proto_loo``: :func:`loo_prototype_cross_entropy` (K ≥ 2; the default: no view sees
-      itself in its own prototype);
-    - ``proto``: prototype CE with prototypes from all K views, the view itself included;
-    - ``ntxent``: NT-Xent between the two support views of each image (K = 2), temperature τ.
-    """
-    if kind == "proto_loo":
-        return loo_prototype_cross_entropy(z, task.n_way, tau)
-    if kind == "proto":
-        logits = prototype_logits(z, task.support_labels, z, task.n_way, tau)
-        return F.cross_entropy(logits, task.support_labels)
-    if kind == "ntxent":
-        pairs = z.view(task.n_way, task.k_support, -1)
-        return nt_xent(pairs[:, 0], pairs[:, 1], tau)
-    raise UserError(f"unknown inner_loss {kind!r}; choose one of: {', '.join(INNER_LOSSES)}")
-
-
-def query_logits(inner: InnerLoop, params: Params, task: Task, tau: float) -> torch.Tensor:
-    """``[N·Q, N]`` cosine logits of the query views against support prototypes, both at params."""
-    zs = inner.embed(params, task.support)
-    zq = inner.embed(params, task.query)
-    return prototype_logits(zs, task.support_labels, zq, task.n_way, tau)
-
-
-def bootstrap_target(inner: InnerLoop, theta_l: Params, task: Task, config: BMSSLConfig) -> Params:
-    """``θ_T = sg(θ_{L+δ})``: δ graph-free steps from ``sg(θ_L)``, the last on the query CE if
-    ``bootstrap_query_step`` (as in Bootstrapped Meta-Learning)."""
-    delta = config.bootstrap_steps
-    if delta == 0:
-        return {name: p.detach() for name, p in theta_l.items()}
-
-    def sup(p: Params) -> torch.Tensor:
-        return support_loss(inner.embed(p, task.support), task, config.inner_loss, config.tau)
-
-    def qry(p: Params) -> torch.Tensor:
-        return F.cross_entropy(query_logits(inner, p, task, config.tau), task.query_labels)
-
-    on_query = 1 if config.bootstrap_query_step else 0
-    target = inner.descend(theta_l, sup, delta - on_query)
-    return inner.descend(target, qry, on_query)
-
-
-class TaskLoss(NamedTuple):
-    """Meta-objective of one task (or their mean) and its two terms."""
-
-    loss: torch.Tensor
-    kl: torch.Tensor
-    ce: torch.Tensor
-
-
-def task_meta_loss(
-    inner: InnerLoop,
-    params: Params,
-    task: Task,
-    config: BMSSLConfig,
-    target_logits: torch.Tensor | None = None,
-) -> TaskLoss:
-    """``KL(softmax(logits(θ_T)) || softmax(logits(θ_L))) + β·CE(logits(θ_L))`` for one task.
-
-    ``θ_L`` depends on ``params`` through the L inner steps; ``θ_T`` (or the given
-    ``target_logits [N·Q, N]``, held fixed) carries no gradient.
-    """
-
-    def sup(p: Params) -> torch.Tensor:
-        return support_loss(inner.embed(p, task.support), task, config.inner_loss, config.tau)
-
-    theta_l = inner.adapt(params, sup, config.inner_steps)
-    logits = query_logits(inner, theta_l, task, config.tau)
-    if target_logits is None:
-        if config.bootstrap_steps == 0:
-            target_logits = logits.detach()
-        else:
-            theta_t = bootstrap_target(inner, theta_l, task, config)
-            target_logits = query_logits(inner, theta_t, task, config.tau).detach()
-    kl = kl_matching(target_logits, logits)
-    ce = F.cross_entropy(logits, task.query_labels)
-    return TaskLoss(kl + config.beta * ce, kl, ce)
-
-
-# -- meta-batch level: loss, target, gradient -----------------------------------------------------
-
-
-class MetaGradient(NamedTuple):
-    """Meta-gradient ``∂/∂θ`` of the mean task loss (dict like params) and the detached terms."""
-
-    grads: Params
-    loss: torch.Tensor
-    kl: torch.Tensor
-    ce: torch.Tensor
-
-
-def model_for_backend(model: nn.Module, backend: str) -> nn.Module:
-    """The module a backend runs: ``func`` needs decomposed BatchNorm (:func:`functional_twin`).
-
-    A model without native BatchNorm (or an existing twin) is returned as is.
-    """
-    if backend == "func" and any(
-        isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()
-    ):
-        return functional_twin(model)
-    return model
-
-
-def _task(batch: TaskBatch, support: torch.Tensor, query: torch.Tensor) -> Task:
-    return Task(support, query, batch.n_way, batch.k_support, batch.q_query)
-
-
-def meta_loss(
-    params: Params,
-    model: nn.Module,
-    batch: TaskBatch,
-    config: BMSSLConfig,
-    targets: torch.Tensor | None = None,
-) -> TaskLoss:
-    """Mean over tasks of :func:`task_meta_loss` (values; use :func:`meta_gradient` for grads).
-
-    ``targets [B, N·Q, N]`` optionally fixes the target logits (e.g. to compare the
-    meta-gradient with finite differences of this function).
-    """
-    model = model_for_backend(model, config.backend)
-    terms = []
-    for b, task in enumerate(batch.tasks()):
-        target = None if targets is None else targets[b]
-        with open_inner_loop(model, config.backend, config.inner_lr, config.first_order) as inner:
-            terms.append(task_meta_loss(inner, params, task, config, target))
-    return _mean_terms(terms)
-
-
-@torch.no_grad()
-def _no_grad_logits(inner: InnerLoop, params: Params, task: Task, tau: float) -> torch.Tensor:
-    return query_logits(inner, params, task, tau)
-
-
-def meta_targets(
-    params: Params, model: nn.Module, batch: TaskBatch, config: BMSSLConfig
-) -> torch.Tensor:
-    """Target logits ``[B, N·Q, N]`` at ``θ_T`` of every task (as :func:`task_meta_loss` makes)."""
-    model = model_for_backend(model, config.backend)
-    out = []
-    for task in batch.tasks():
-        with open_inner_loop(model, config.backend, config.inner_lr, config.first_order) as inner:
-            p = {n: v.detach() for n, v in params.items()}
-
-            def sup(q: Params, task: Task = task, inner: InnerLoop = inner) -> torch.Tensor:
-                return support_loss(
-                    inner.embed(q, task.support), task, config.inner_loss, config.tau
-                )
-
-            theta_l = inner.descend(p, sup, config.inner_steps)
-            theta_t = bootstrap_target(inner, theta_l, task, config)
-            out.append(_no_grad_logits(inner, theta_t, task, config.tau))
-    return torch.stack(out)
-
-
-def meta_gradient(
-    params: Params,
-    model: nn.Module,
-    batch: TaskBatch,
-    config: BMSSLConfig,
-    targets: torch.Tensor | None = None,
-) -> MetaGradient:
-    """``∇_θ`` of the mean task meta-loss over the batch with the configured backend.
-
-    ``func`` with ``vmap``: one ``torch.func.grad`` of ``vmap(task_meta_loss)`` over the B tasks;
-    ``func`` without: ``torch.func.grad`` per task, averaged; ``higher``: autograd per task.
-    ``targets [B, N·Q, N]`` optionally fixes the target logits. ``params`` are not modified; the
-    returned grads are detached.
-    """
-    model = model_for_backend(model, config.backend)
-    if config.backend == "higher":
-        return _higher_gradient(params, model, batch, config, targets)
-    return _func_gradient(params, model, batch, config, targets)
-
-
-def _mean_terms(parts: list[TaskLoss]) -> TaskLoss:
-    return TaskLoss(*(torch.stack(x).mean() for x in zip(*parts)))
-
-
-def _func_gradient(
-    params: Params,
-    model: nn.Module,
-    batch: TaskBatch,
-    config: BMSSLConfig,
-    targets: torch.Tensor | None,
-) -> MetaGradient:
-    detached = {n: p.detach() for n, p in params.items()}
-    with open_inner_loop(model, "func", config.inner_lr, config.first_order) as loop:
-
-        def one(
-            p: Params, s: torch.Tensor, q: torch.Tensor, t: torch.Tensor | None
-        ) -> tuple[torch.Tensor, TaskLoss]:
-            out = task_meta_loss(loop, p, _task(batch, s, q), config, t)
-            return out.loss, TaskLoss(*(x.detach() for x in out))
-
-        if config.vmap:
-
-            def mean_loss(p: Params) -> tuple[torch.Tensor, TaskLoss]:
-                dims = (None, 0, 0, None if targets is None else 0)
-                loss, terms = torch.func.vmap(one, in_dims=dims)(
-                    p, batch.support, batch.query, targets
-                )
-                return loss.mean(), TaskLoss(*(x.mean() for x in terms))
-
-            grads, terms = torch.func.grad(mean_loss, has_aux=True)(detached)
-            return MetaGradient(grads, *terms)
-
-        total = {n: torch.zeros_like(p) for n, p in detached.items()}
-        parts = []
-        for b in range(len(batch)):
-            t = None if targets is None else targets[b]
-            grads, terms = torch.func.grad(one, has_aux=True)(
-                detached, batch.support[b], batch.query[b], t
-            )
-            for name, g in grads.items():
-                total[name] += g / len(batch)
-            parts.append(terms)
-    return MetaGradient(total, *_mean_terms(parts))
-
-
-def _higher_gradient(
-    params: Params,
-    model: nn.Module,
-    batch: TaskBatch,
-    config: BMSSLConfig,
-    targets: torch.Tensor | None,
-) -> MetaGradient:
-    leaves = {n: p if p.requires_grad else p.detach().requires_grad_() for n, p in params.items()}
-    total = {n: torch.zeros_like(p) for n, p in leaves.items()}
-    parts = []
-    for b, task in enumerate(batch.tasks()):
-        t = None if targets is None else targets[b]
-        # One innerloop_ctx per task, as higher intends; its graph is freed after each task.
-        with open_inner_loop(model, "higher", config.inner_lr, config.first_order) as loop:
-            out = task_meta_loss(loop, leaves, task, config, t)
-            grads = torch.autograd.grad(out.loss / len(batch), list(leaves.values()))
-        for name, g in zip(leaves, grads):
-            total[name] += g
-        parts.append(TaskLoss(*(x.detach() for x in out)))
-    return MetaGradient(total, *_mean_terms(parts))
 
 
 # -- driver -------------------------------------------------------------------------------------

@@ -1,14 +1,17 @@
 """The method registry: one place that lists every method the harness can train.
 
-A :class:`Method` names its config class, its trainer class (a :class:`bmssl.trainer.Trainer`),
-its presets (YAML files of config values, e.g. ``cpu`` or ``paper``) and the values it fixes
-(Meta-SSL is BMSSL with ``bootstrap_steps=0``). ``python -m bmssl train``, ``eval`` and
-``methods``, ``reproduce/table1.py``, ``reproduce/bissl_table.py`` and ``python -m tuning``
-all read it, so a method registered once is trainable, tabulable and searchable.
+A :class:`Method` names its config class, how it trains (:data:`Training`: a
+:class:`bmssl.trainer.Trainer` subclass, a runner function, or nothing), its presets (YAML files
+of config values, e.g. ``cpu`` or ``paper``) and the values it fixes (Meta-SSL is BMSSL with
+``bootstrap_steps=0``). ``python -m bmssl train``, ``eval`` and ``methods``,
+``reproduce/table1.py``, ``reproduce/bissl_table.py`` and ``python -m tuning`` all read it, so a
+method registered once is trainable, tabulable and searchable.
 
-Classes are named lazily (``"module:Name"``) so that listing methods imports no torch. Methods
-of other packages register themselves on import (:mod:`bmssl.plugins`): BiSSL's
-``bissl.methods``, the modules named in ``BMSSL_PLUGINS`` and entry points.
+Classes are named lazily (``"module:Name"``) so that listing methods imports no torch. The
+methods of this package are :data:`BUILTIN_METHODS`; others register themselves when their
+module is imported as a plugin (:mod:`bmssl.plugins`: entry points such as BiSSL's, and the
+modules named in ``BMSSL_PLUGINS``). :func:`load_trained` finds the method that wrote a
+checkpoint and rebuilds its backbone.
 """
 
 from __future__ import annotations
@@ -17,44 +20,126 @@ import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from bmssl.errors import UserError
-from bmssl.plugins import load_plugins
+from bmssl.plugins import add_entry, load_plugins
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from bmssl.trainer import Trainer
 
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 
 
 @dataclass(frozen=True)
-class Method:
-    """One trainable method.
+class ByTrainer:
+    """Trained by a :class:`bmssl.trainer.Trainer` subclass (or ``"module:Name"``): one run is
+    ``trainer.from_config(config, out_dir, progress).fit()``, its network ``backbone()``."""
 
-    ``config`` and ``trainer`` are classes or ``"module:Name"`` references; ``trainer`` None
-    means the method is not trained (the random-init row). ``presets`` maps a preset name to a
-    YAML file of config values. ``fixed`` values are applied last and cannot be overridden.
-    ``runner`` (optional, ``"module:function"``) replaces the trainer for searches whose trial is
-    not one Trainer run: ``run(config, out_dir, on_eval) -> (metrics, step, checkpoint)``;
-    ``prepare`` (optional) is a driver-side stage run once before the trials of a search:
+    trainer: str | type
+
+
+@dataclass(frozen=True)
+class ByRunner:
+    """Trained by one call ``run(config, out_dir, on_eval) -> (metrics, step, checkpoint)``
+    (``"module:function"``): a search trial that is not one trainer run (BiSSL's fine-tuning
+    stage alone). It yields metrics, not a backbone, so it is no Table 1 row."""
+
+    runner: str | Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class Untrained:
+    """Not trained: ``encoder(config)`` is the network as it stands (default: the seeded random
+    init of :func:`bmssl.pretrain.random_init_encoder`), the floor of a table."""
+
+    encoder: str | Callable[..., Any] = "bmssl.pretrain:random_init_encoder"
+
+
+#: how a method trains: one of the three, stated by every :class:`Method`
+Training = ByTrainer | ByRunner | Untrained
+TrainingKind = Literal["trainer", "runner", "untrained"]
+
+
+@dataclass(frozen=True)
+class Method:
+    """One method.
+
+    ``config`` is a class or a ``"module:Name"`` reference; ``training`` says how the method
+    trains (:class:`ByTrainer`, :class:`ByRunner` or :class:`Untrained`; a bare Trainer class or
+    reference means :class:`ByTrainer`). ``presets`` maps a preset name to a YAML file of config
+    values. ``fixed`` values are applied last and cannot be overridden. ``prepare`` (optional,
+    ``"module:function"``) is a driver-side stage run once before the trials of a search:
     ``prepare(base_config, directory) -> overrides``.
     """
 
     name: str
     label: str
     config: str | type
-    trainer: str | type | None
+    training: Training | str | type
     description: str
     presets: Mapping[str, str | Path] = field(default_factory=dict)
     fixed: Mapping[str, Any] = field(default_factory=dict)
     cost: int = 1
     usage: str = ""
-    runner: str | None = None
     prepare: str | None = None
 
-    def config_class(self) -> type:
-        return _resolve(self.config, self.name)
+    def __post_init__(self) -> None:
+        if isinstance(self.training, (str, type)):
+            object.__setattr__(self, "training", ByTrainer(self.training))
+        elif not isinstance(self.training, (ByTrainer, ByRunner, Untrained)):
+            raise TypeError(
+                f"method {self.name!r}: training must be ByTrainer(...), ByRunner(...) or "
+                f"Untrained(), got {self.training!r}"
+            )
 
-    def trainer_class(self) -> type | None:
-        return None if self.trainer is None else _resolve(self.trainer, self.name)
+    @property
+    def owner(self) -> str:
+        return f"method {self.name!r}"
+
+    @property
+    def kind(self) -> TrainingKind:
+        """How the method trains: ``"trainer"``, ``"runner"`` or ``"untrained"``."""
+        if isinstance(self.training, ByTrainer):
+            return "trainer"
+        return "runner" if isinstance(self.training, ByRunner) else "untrained"
+
+    @property
+    def trainer(self) -> str | type | None:
+        """The trainer reference of a :class:`ByTrainer` method, else None."""
+        return self.training.trainer if isinstance(self.training, ByTrainer) else None
+
+    @property
+    def runner(self) -> str | Callable[..., Any] | None:
+        """The runner reference of a :class:`ByRunner` method, else None."""
+        return self.training.runner if isinstance(self.training, ByRunner) else None
+
+    def config_class(self) -> type:
+        return resolve(self.config, self.owner)
+
+    def trainer_class(self) -> type[Trainer] | None:
+        """The Trainer subclass of a :class:`ByTrainer` method (None for the others)."""
+        return None if self.trainer is None else resolve(self.trainer, self.owner)
+
+    def build_trainer(
+        self, config: Any, out_dir: str | Path | None = None, progress: bool = True
+    ) -> Trainer:
+        """The trainer of one run on ``config`` (:meth:`bmssl.trainer.Trainer.from_config`)."""
+        trainer_cls = self.trainer_class()
+        if trainer_cls is None:
+            raise UserError(f"method {self.name!r} is not trained by a trainer ({self.kind})")
+        return trainer_cls.from_config(config, out_dir, progress)
+
+    def runner_function(self) -> Callable[..., Any] | None:
+        return None if self.runner is None else resolve(self.runner, self.owner)
+
+    def untrained_backbone(self, config: Any) -> nn.Module:
+        """The network of an :class:`Untrained` method for ``config``."""
+        if not isinstance(self.training, Untrained):
+            raise UserError(f"method {self.name!r} is trained ({self.kind}), not untrained")
+        return resolve(self.training.encoder, self.owner)(config).backbone  # type: ignore[no-any-return]
 
     def preset_path(self, preset: str) -> Path:
         if preset not in self.presets:
@@ -92,11 +177,8 @@ class Method:
         extra.update(self.fixed)
         return load_config(self.config_class(), self.resolve_config_source(source), extra, base)
 
-    def runner_function(self) -> Callable[..., Any] | None:
-        return None if self.runner is None else _resolve(self.runner, self.name)
-
     def prepare_function(self) -> Callable[..., Any] | None:
-        return None if self.prepare is None else _resolve(self.prepare, self.name)
+        return None if self.prepare is None else resolve(self.prepare, self.owner)
 
 
 _METHODS: dict[str, Method] = {}
@@ -104,10 +186,7 @@ _METHODS: dict[str, Method] = {}
 
 def register_method(method: Method, replace: bool = False) -> Method:
     """Add ``method`` to the registry (``replace`` to redefine an existing name)."""
-    if method.name in _METHODS and not replace and _METHODS[method.name] != method:
-        raise ValueError(f"a method named {method.name!r} is already registered")
-    _METHODS[method.name] = method
-    return method
+    return add_entry(_METHODS, method.name, method, "method", replace)
 
 
 def list_methods() -> list[Method]:
@@ -127,7 +206,9 @@ def get_method(name: str) -> Method:
     return _METHODS[name]
 
 
-def _resolve(ref: str | type, method: str) -> Any:
+def resolve(ref: str | Any, owner: str) -> Any:
+    """The object a lazy ``"module:Name"`` reference names (anything else is returned as is);
+    a missing module or name is a :class:`UserError` saying that ``owner`` needs it."""
     if not isinstance(ref, str):
         return ref
     module_name, _, attr = ref.partition(":")
@@ -135,26 +216,65 @@ def _resolve(ref: str | type, method: str) -> Any:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as err:
         if err.name and module_name.startswith(err.name):
-            raise UserError(
-                f"method {method!r} needs {module_name}, which cannot be imported here"
-            ) from None
+            raise UserError(f"{owner} needs {module_name}, which cannot be imported here") from None
         raise
     try:
         return getattr(module, attr)
     except AttributeError:
-        raise UserError(f"method {method!r} needs {ref}, which {module_name} lacks") from None
+        raise UserError(f"{owner} needs {ref}, which {module_name} lacks") from None
+
+
+@dataclass
+class TrainedModel:
+    """What :func:`load_trained` returns: the method, its config, the backbone and the step."""
+
+    method: str
+    config: Any
+    backbone: nn.Module
+    step: int
+
+
+def load_trained(path: str | Path) -> TrainedModel:
+    """The backbone of any registered method's checkpoint (``last.pt`` or ``best.pt``).
+
+    The checkpoint names its trainer (``Trainer.method``); the registry gives the config class;
+    the trainer class rebuilds its backbone from the saved state (``backbone_from_state``).
+    """
+    from bmssl.checkpoints import load_checkpoint
+    from bmssl.config import config_from_dict
+
+    state = load_checkpoint(path, restore_rng=False, expect_keys=("method", "step"))
+    name = state.get("method")
+    for method in list_methods():
+        trainer_cls = method.trainer_class()
+        if trainer_cls is not None and trainer_cls.method == name:
+            break
+    else:
+        raise UserError(
+            f"{str(path)!r} was written by {name!r}, which no registered method trains; "
+            "register its method (see README, Extending the harness)"
+        )
+    saved = state["trainer"].get("config")
+    if not isinstance(saved, dict):
+        raise UserError(f"{str(path)!r} holds no config; it was not written by this harness")
+    known = {k: v for k, v in saved.items() if not str(k).startswith("_")}
+    config: Any = config_from_dict(method.config_class(), known)
+    assert trainer_cls is not None  # the loop broke on it
+    backbone = trainer_cls.backbone_from_state(config, state["trainer"])
+    return TrainedModel(str(name), config, backbone, int(state["step"]))
 
 
 def _preset(name: str) -> Path:
     return PRESETS_DIR / f"{name}.yaml"
 
 
-for _method in (
+#: this package's methods, in table order (a method added in the tree adds its entry here)
+BUILTIN_METHODS: tuple[Method, ...] = (
     Method(
         "random",
         "Random init",
         "bmssl.pretrain:RunConfig",
-        None,
+        Untrained(),
         "the untrained encoder (seeded): the floor every pre-training must beat",
         cost=0,
     ),
@@ -162,7 +282,7 @@ for _method in (
         "simclr",
         "SimCLR",
         "bmssl.simclr:SimCLRConfig",
-        "bmssl.simclr:SimCLRTrainer",
+        ByTrainer("bmssl.simclr:SimCLRTrainer"),
         "SimCLR pre-training (NT-Xent between two views of each image)",
         {
             "cpu": _preset("simclr-cpu"),
@@ -176,7 +296,7 @@ for _method in (
         "protonet",
         "ProtoNet (supervised, upper bound)",
         "bmssl.protonet:ProtoNetConfig",
-        "bmssl.protonet:ProtoNetTrainer",
+        ByTrainer("bmssl.protonet:ProtoNetTrainer"),
         "supervised prototypical network on the labelled training classes",
         {"cpu": _preset("protonet-cpu"), "paper": _preset("protonet-paper")},
         cost=1,
@@ -187,7 +307,7 @@ for _method in (
             name,
             label,
             "bmssl.meta:BMSSLConfig",
-            "bmssl.meta:BMSSLTrainer",
+            ByTrainer("bmssl.meta:BMSSLTrainer"),
             description,
             {p: _preset(f"bmssl-{p}") for p in ("cpu", "tiny", "paper")},
             fixed=fixed,
@@ -215,5 +335,6 @@ for _method in (
             ),
         )
     ),
-):
-    register_method(_method)
+)
+for _builtin in BUILTIN_METHODS:
+    register_method(_builtin)

@@ -54,6 +54,8 @@ class RunConfig:
     pin_memory: bool | None = None  # page-locked batches; None = when training on CUDA
     device: str = "auto"
     seed: int = 0
+    tracker: str = "none"  # "tensorboard" or "mlflow": log the run there too (bmssl.tracking)
+    tracking_uri: str | None = None  # MLflow store (default $MLFLOW_TRACKING_URI or ./mlflow.db)
 
     @property
     def views_per_step(self) -> int:
@@ -84,6 +86,9 @@ class RunConfig:
             )
         if self.eval_every < 0:
             raise UserError(f"eval_every must be >= 0 (0 = only at the end), got {self.eval_every}")
+        from bmssl.tracking import check_tracker
+
+        check_tracker(self.tracker, self.tracking_uri)
 
 
 def encoder_for(dataset: ImageDataset, config: Any) -> Encoder:
@@ -146,7 +151,7 @@ class FewShotValidation:
             self.val_set = load_split(self.config, "val")
             check_episode_shape(
                 self.val_set, self.config.eval_n_way, self.config.eval_k_shot, VAL_QUERIES,
-                names=("eval_n_way", "eval_k_shot", "queries per class"),
+                names=("eval_n_way", "eval_k_shot", None),  # the query count is no option
             )  # fmt: skip
         self.encoder = to_device(encoder_for(self.train_set, self.config), self.device)
 
@@ -184,8 +189,9 @@ def random_init_encoder(config: Any) -> Encoder:
 #: settings that may change when a run resumes (train longer, evaluate differently, move device,
 #: load images otherwise)
 RESUMABLE_CHANGES = frozenset(
-    {"steps", "eval_every", "eval_episodes", "log_every", "device", "workers", "pin_memory"}
-)
+    {"steps", "eval_every", "eval_episodes", "log_every", "device", "workers", "pin_memory",
+     "tracker", "tracking_uri"}
+)  # fmt: skip
 
 
 class EncoderState:

@@ -2,14 +2,21 @@
 record, checkpoints and exact resume.
 
 A method subclasses :class:`Trainer` and supplies ``train_step``, ``validate``, ``state_dict``
-and ``load_state_dict`` (and ``backbone``, the network it pre-trains). ``fit`` then runs
+and ``load_state_dict``, and the network it pre-trains: ``backbone()`` from a live trainer,
+``backbone_from_state(config, state)`` from a saved ``state_dict`` (what :func:`load_trained`
+and ``python -m bmssl eval|export`` use). Registries build a trainer with
+``from_config(config, out_dir, progress)``: the constructor, unless the trainer takes more than
+a config (BiSSL's takes its data and encoders from the pipeline). ``fit`` then runs
 ``config.steps`` steps and keeps the run record in ``out_dir``:
 
 - ``metrics.csv`` (rewritten at each validation): every ``config.log_every`` steps a row of the
   training logs averaged over the interval (not the last step's), plus the validation metrics on
   validation rows;
-- TensorBoard events under ``tb/`` when ``torch.utils.tensorboard`` or ``tensorboardX`` is
-  installed;
+- ``provenance.json`` (:mod:`bmssl.provenance`: code, software, machine, settings, data
+  fingerprint), written at the run's first start, with one entry per ``fit`` session appended
+  at its end (steps, wall time, the commit it ran);
+- with ``config.tracker`` (:mod:`bmssl.tracking`): TensorBoard events under ``tb/``, or an
+  MLflow run (parameters, every ``metrics.csv`` row, the record files as artefacts);
 - every ``config.eval_every`` steps (and at the last step): validation, ``history.json``, an
   atomic ``checkpoints/last.pt`` (model, optimiser, step, RNG state, record) and, when the
   validation accuracy is the best so far, ``checkpoints/best.pt``; then
@@ -20,7 +27,7 @@ ends with the same weights and record as an uninterrupted one.
 
 Under ``torchrun`` (a process group, :mod:`bmssl.distributed`) every rank runs ``fit``; a trainer
 with ``data_parallel = True`` splits each step's global batch across them. Only rank 0 writes
-(run lock, checkpoints, ``history.json``, ``metrics.csv``, ``tb/``), shows progress and calls
+(run lock, checkpoints, ``history.json``, ``metrics.csv``, provenance, tracker), shows progress and calls
 ``on_eval``; every rank resumes from rank 0's ``last.pt``. Every rank validates and keeps rank
 0's metrics, so all make the same checkpoint calls; few-shot validation
 (:class:`bmssl.pretrain.FewShotValidation`) splits the embedding of the val set across them.
@@ -31,12 +38,13 @@ Contract for searches (``tuning``): metrics always carry ``"val_acc"`` (higher i
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import dataclasses
 import io
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -133,16 +141,27 @@ class RunRecord:
         self._count = int(state.get("count", 0))
 
 
-def _summary_writer(directory: Path) -> Any:
-    """A TensorBoard writer when a backend is installed, else None (the CSV is the record)."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        try:
-            from tensorboardX import SummaryWriter  # type: ignore[no-redef]
-        except ImportError:
-            return None
-    return SummaryWriter(str(directory))
+#: the run folder's provenance record (:mod:`bmssl.provenance`)
+PROVENANCE_FILE = "provenance.json"
+#: the small record files a tracker stores as artefacts
+RECORD_FILES = ("metrics.csv", "history.json", PROVENANCE_FILE)
+
+
+def _config_dict(config: Any) -> dict[str, Any] | None:
+    """A dataclass config as a dict (None for anything else)."""
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        return dataclasses.asdict(config)
+    return None
+
+
+def tracking_of(config: Any) -> tuple[str, str | None]:
+    """``(tracker, tracking_uri)`` of a config: its own fields, else its ``pretext`` section's
+    (BiSSL's run config), else no tracker."""
+    for source in (config, getattr(config, "pretext", None)):
+        kind = getattr(source, "tracker", None)
+        if kind is not None:
+            return str(kind), getattr(source, "tracking_uri", None)
+    return "none", None
 
 
 class Trainer:
@@ -154,6 +173,8 @@ class Trainer:
     data_parallel: bool = False
     #: the prefetching loader of the training images, made on first use (closed after ``fit``)
     loader: Any = None
+    #: the experiment tracker of the current ``fit`` (rank 0; :mod:`bmssl.tracking`)
+    tracker: Any = None
 
     def __init__(
         self, config: Any, out_dir: str | Path | None = None, progress: bool = True
@@ -190,6 +211,19 @@ class Trainer:
     def backbone(self) -> nn.Module:
         """The pre-trained network a downstream user wants (what ``export`` writes)."""
         raise NotImplementedError
+
+    @classmethod
+    def backbone_from_state(cls, config: Any, state: dict[str, Any]) -> nn.Module:
+        """:meth:`backbone` rebuilt from a saved :meth:`state_dict` for ``config``."""
+        raise NotImplementedError(f"{cls.__name__} does not implement backbone_from_state")
+
+    @classmethod
+    def from_config(
+        cls, config: Any, out_dir: str | Path | None = None, progress: bool = True
+    ) -> Trainer:
+        """The trainer of one run on ``config`` alone (what registries, searches and tables
+        build); a trainer whose constructor takes more overrides this to make it."""
+        return cls(config, out_dir, progress)
 
     # -- driver -------------------------------------------------------------------------------
     @property
@@ -277,6 +311,11 @@ class Trainer:
         total = int(self.config.steps)
         eval_every = int(getattr(self.config, "eval_every", 0) or total or 1)
         stop = total if max_steps is None else min(total, self.step + max_steps)
+        first_step, started_at, status = self.step, None, "FAILED"
+        if self.out_dir is not None and self.is_main:
+            started_at = self._write_provenance()
+            self.tracker = self._start_tracker()
+        writer = self.tracker
         bar = None
         if self.progress:
             from tqdm.auto import tqdm
@@ -284,9 +323,6 @@ class Trainer:
             bar = tqdm(
                 total=total, initial=self.step, desc=self.method, leave=False, dynamic_ncols=True
             )
-        writer = None
-        if self.out_dir is not None and self.is_main:
-            writer = _summary_writer(self.out_dir / "tb")
         metrics: dict[str, float] = self.history[-1] if self.history else {}
         started = time.perf_counter()
         try:
@@ -314,12 +350,19 @@ class Trainer:
                         on_eval(self.step, metrics, path)
                 elif self.step % self.log_every == 0:
                     self._log_row(writer, {})
+            status = "FINISHED"
+        except KeyboardInterrupt:
+            status = "KILLED"
+            raise
         finally:
             self.close()
             if bar is not None:
                 bar.close()
             if writer is not None:
-                writer.close()
+                self.tracker = None
+                writer.close(status)
+            if started_at is not None:
+                self._end_provenance(started_at, first_step, time.perf_counter() - started, status)
         # When fit returns on any rank, rank 0's last checkpoint is on disk (a trainer made next
         # on the same folder resumes from it).
         distributed.barrier()
@@ -337,14 +380,72 @@ class Trainer:
                 hint = getattr(self, "nonfinite_hint", "lower the learning rate")
                 raise NonFiniteLossError(self.method, key, value, self.step, hint)
 
-    def _log_row(self, writer: Any, extra: dict[str, float]) -> None:
+    def _log_row(self, tracker: Any, extra: dict[str, float]) -> None:
         if not self.record.pending and not extra:
             return
         row = self.record.close_interval(self.step, extra)
-        if writer is not None:
-            for key, value in row.items():
-                if key != "step" and math.isfinite(value):
-                    writer.add_scalar(key, value, self.step)
+        if tracker is not None:
+            tracker.log_metrics({k: v for k, v in row.items() if k != "step"}, self.step)
+
+    def _start_tracker(self) -> Any:
+        """The tracker ``config.tracker`` names (:mod:`bmssl.tracking`), with the resolved
+        config logged as its parameters; None for ``none``."""
+        from bmssl import provenance, tracking
+
+        kind, uri = tracking_of(self.config)
+        if kind == "none":
+            return None
+        with provenance.preserved_rng():
+            tracker = tracking.make_tracker(
+                kind, self.out_dir, experiment=self.method,
+                run_name=tracking.run_name_of(self.out_dir, self.method), uri=uri,
+            )  # fmt: skip
+            config = _config_dict(self.config)
+            if config is not None:
+                tracker.log_params(config)
+            tracker.log_artifacts([self.out_dir / PROVENANCE_FILE])  # type: ignore[operator]
+        return tracker
+
+    def _write_provenance(self) -> str:
+        """Write ``provenance.json`` at the run's first start (a resume keeps it); return the
+        session's start time."""
+        from bmssl import provenance
+
+        started_at = provenance.now_utc()
+        path = self.out_dir / PROVENANCE_FILE  # type: ignore[operator]
+        if path.is_file():
+            return started_at
+        with provenance.preserved_rng():
+            refs = provenance.dataset_refs(self.config)
+            config = _config_dict(self.config)
+            record = provenance.collect(
+                datasets=provenance.fingerprint_datasets(refs), configs=config,
+                started_at=started_at, method=self.method, run_dir=str(self.out_dir), sessions=[],
+            )  # fmt: skip
+        write_json(path, record)
+        return started_at
+
+    def _end_provenance(self, started_at: str, first: int, wall: float, status: str) -> None:
+        """Append this ``fit`` session (steps, wall time, status, the code it ran) to
+        ``provenance.json``; the record's ``wall_time_s`` sums the sessions."""
+        import json
+
+        from bmssl import provenance
+
+        path = self.out_dir / PROVENANCE_FILE  # type: ignore[operator]
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return
+        code = provenance.code_state()
+        record.setdefault("sessions", []).append({
+            "started_at": started_at, "ended_at": provenance.now_utc(), "steps": [first, self.step],
+            "wall_time_s": round(wall, 3), "status": status.lower(), "commit": code["commit"],
+            "dirty": code["dirty"], "diff_sha256": code["diff_sha256"],
+        })  # fmt: skip
+        record["wall_time_s"] = round(sum(s["wall_time_s"] for s in record["sessions"]), 3)
+        with contextlib.suppress(OSError):
+            write_json(path, record)
 
     def _save_all(self, metrics: dict[str, float]) -> Path | None:
         if self.out_dir is None:
@@ -365,43 +466,10 @@ class Trainer:
         # steps costs O(rows²) over a long run, and the rows after the last checkpoint are
         # replayed by a resume anyway.
         write_text(self.out_dir / "metrics.csv", self.record.csv_text())
+        if self.tracker is not None:
+            self.tracker.log_artifacts([self.out_dir / name for name in RECORD_FILES])
         return path
 
 
-@dataclass
-class TrainedModel:
-    """What :func:`load_trained` returns: the method, its config, the backbone and the step."""
-
-    method: str
-    config: Any
-    backbone: nn.Module
-    step: int
-
-
-def load_trained(path: str | Path) -> TrainedModel:
-    """The backbone of any registered method's checkpoint (``last.pt`` or ``best.pt``).
-
-    The checkpoint names its trainer; the registry gives the config class; the trainer class
-    rebuilds its backbone from the saved state (``backbone_from_state``).
-    """
-    from bmssl.config import config_from_dict
-    from bmssl.methods import list_methods
-
-    state = load_checkpoint(path, restore_rng=False, expect_keys=("method", "step"))
-    name = state.get("method")
-    for method in list_methods():
-        trainer_cls = method.trainer_class() if method.trainer is not None else None
-        if trainer_cls is not None and getattr(trainer_cls, "method", None) == name:
-            break
-    else:
-        raise UserError(
-            f"{str(path)!r} was written by {name!r}, which no registered method trains; "
-            "register its method (see README, Extending the harness)"
-        )
-    saved = state["trainer"].get("config")
-    if not isinstance(saved, dict):
-        raise UserError(f"{str(path)!r} holds no config; it was not written by this harness")
-    known = {k: v for k, v in saved.items() if not str(k).startswith("_")}
-    config: Any = config_from_dict(method.config_class(), known)
-    backbone = trainer_cls.backbone_from_state(config, state["trainer"])  # type: ignore[attr-defined]
-    return TrainedModel(str(name), config, backbone, int(state["step"]))
+# The registry's look-up of a checkpoint's method, here where the commands long imported it.
+from bmssl.methods import TrainedModel, load_trained  # noqa: E402, F401

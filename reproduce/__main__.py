@@ -1,13 +1,24 @@
-"""Command line: ``python -m reproduce table1|bissl [--config PROFILE] [--out DIR] [--quiet]
-[--data-dir DIR] [--download] [key=value ...]`` — the same as ``python reproduce/table1.py`` and
-``reproduce/bissl_table.py``."""
+"""Command line: ``python -m reproduce table1|bissl|crossdomain [--config PROFILE] [--out DIR]
+[--quiet] [--data-dir DIR] [--download] [key=value ...]`` — the same as ``python
+reproduce/table1.py``, ``reproduce/bissl_table.py`` and ``reproduce/crossdomain.py`` — and
+``python -m reproduce claims [--profile P]``, the verdicts on the papers' claims; ``python -m
+reproduce verify RESULTS_DIR [--cells K | --cell NAME]``, which retrains cells of a table and
+compares them (:mod:`reproduce.verify`); ``python -m reproduce compare A B``, two results
+folders of one table cell by cell, with their provenance differences (:mod:`reproduce.compare`)."""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
 
-TABLES = {"table1": "reproduce.table1", "bissl": "reproduce.bissl_table"}
+TABLES = {
+    "table1": "reproduce.table1",
+    "bissl": "reproduce.bissl_table",
+    "crossdomain": "reproduce.crossdomain",
+    "claims": "reproduce.claims",
+    "verify": "reproduce.verify",
+    "compare": "reproduce.compare",
+}
 
 
 def main(argv: Sequence[str] | None = None) -> None:

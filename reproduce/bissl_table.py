@@ -21,32 +21,23 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bmssl.cli import parse_args
 from bmssl.config import options_help
-from bmssl.errors import UserError, cli_entry
-from reproduce.profiles import BiSSLTableProfile, load_profile, seed_overrides, table_parser
-from reproduce.roots import resolve_roots
-from reproduce.tables import (
-    CellCache,
-    Table,
-    format_mean_ci,
-    prepare_run_dir,
-    prune_weights,
-    settings_fingerprint,
+from bmssl.errors import UserError
+from reproduce.driver import CellRef, Cells, TablePlan, TableSpec, table_main
+from reproduce.profiles import (
+    BISSL_PATHS,
+    BiSSLTableProfile,
+    load_profile,
+    seed_overrides,
+    table_parser,
+    worker_count,
 )
-
-LABELS = {"baseline": "Baseline (SimCLR → fine-tune)", "bissl": "BiSSL"}
-DIFF_LABEL = "Δ BiSSL − baseline (paired)"
-METRIC_NAMES = {"top1": "top-1", "top5": "top-5", "map11": "mAP(11pt)"}
+from reproduce.roots import resolve_roots
+from reproduce.tables import CellCache, Table, prepare_run_dir, settings_fingerprint
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,13 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 @dataclass
-class BiSSLTablePlan:
+class BiSSLTablePlan(TablePlan):
     profile: BiSSLTableProfile
     methods: list[str]
     datasets: list[str]
     roots: dict[str, str]
     overrides: list[str]
-    out: Path
+    jobs: int = 1
 
 
 def cell_config(plan: BiSSLTablePlan, dataset: str, seed: int) -> Any:
@@ -110,8 +101,8 @@ def plan_bissl_table(args: argparse.Namespace) -> BiSSLTablePlan:
     profile = load_profile(BiSSLTableProfile, "bissl", args.config, seed_overrides(args.seeds))
     methods = args.methods.split(",") if args.methods else list(profile.methods)
     for m in methods:
-        if m not in LABELS:
-            raise UserError(f"unknown method {m!r}; choose from {', '.join(LABELS)}")
+        if m not in BISSL_PATHS:
+            raise UserError(f"unknown method {m!r}; choose from {', '.join(BISSL_PATHS)}")
     datasets = args.datasets.split(",") if args.datasets else list(profile.datasets)
     for d in datasets:
         if d not in profile.datasets:
@@ -120,9 +111,9 @@ def plan_bissl_table(args: argparse.Namespace) -> BiSSLTablePlan:
                 f"{', '.join(profile.datasets)}"
             )
     the_plan = BiSSLTablePlan(
-        profile, methods, datasets, {}, list(args.overrides or []), Path(args.out)
-    )
-    the_plan.out = the_plan.out / profile.profile
+        profile, Path(args.out) / profile.profile, methods, datasets, {},
+        list(args.overrides or []), worker_count(profile.jobs if args.jobs is None else args.jobs),
+    )  # fmt: skip
     configs = {d: cell_config(the_plan, d, profile.seeds[0]) for d in datasets}  # bad options
 
     def probe(name: str, root: str) -> None:
@@ -142,116 +133,92 @@ def plan_bissl_table(args: argparse.Namespace) -> BiSSLTablePlan:
     return the_plan
 
 
-def metric_keys(profile: BiSSLTableProfile, multilabel: bool) -> list[str]:
-    """Reported test metrics: the profile's, with top-1 replaced by mAP for multi-label sets."""
-    return [("map11" if (m == "top1" and multilabel) else m) for m in profile.metrics]
+@dataclass(frozen=True)
+class BiSSLJob:
+    """One path (``baseline`` or ``bissl``) on one downstream set with one seed. Jobs that
+    share a pretext encoder form one group: it is trained once, then reused from the cache."""
+
+    method: str
+    dataset: str
+    seed: int
+    config: Any
+    run_dir: Path
+    pretext_cache: Path
+    progress: bool
+    threads: int | None
+    refs: tuple[CellRef, ...]
+    group: str
+    cost: float = 1.0
 
 
-@cli_entry
-def main(argv: list[str] | None = None) -> Table:
-    args = parse_args(build_parser(), argv)
-    started = time.perf_counter()
-    the_plan = plan_bissl_table(args)
-    profile = the_plan.profile
+def run_bissl_job(job: BiSSLJob) -> dict[tuple[str, str], dict[str, Any]]:
+    """The job's cell: the path's test metrics (and its config)."""
     import torch
 
-    from bissl.batches import load_downstream
     from bissl.pipeline import run_method
-    from reproduce.stats import t_interval
 
-    if profile.threads:
-        torch.set_num_threads(profile.threads)
-    out = the_plan.out
-    cache = CellCache(out)
-    progress = not args.quiet
-    multilabel = {}
-    for d in the_plan.datasets:
-        cfg = cell_config(the_plan, d, profile.seeds[0])
-        test = load_downstream(d, cfg.data_root, "test", cfg.image_size, cfg.dataset_options)
-        multilabel[d] = test.multilabel
-    columns = [
-        f"{d} {METRIC_NAMES[k]}"
-        for d in the_plan.datasets
-        for k in metric_keys(profile, multilabel[d])
-    ]
-    seeds = ", ".join(map(str, profile.seeds))
-    table = Table(
-        f"BiSSL vs baseline ({profile.profile} profile): test %, mean ± 95% t-interval over "
-        f"seeds {seeds}",
-        columns,
-    )
+    if job.threads:
+        torch.set_num_threads(job.threads)
+    metrics = run_method(job.method, job.config, job.run_dir, job.progress, job.pretext_cache)
+    ref = job.refs[0]
+    cell = {
+        "method": job.method, "dataset": job.dataset, "seed": job.seed, "metrics": metrics,
+        "config": dataclasses.asdict(job.config),
+    }  # fmt: skip
+    return {(ref.row, ref.column): cell}
 
-    from tqdm.auto import tqdm
 
-    jobs = [(d, s, m) for d in the_plan.datasets for s in profile.seeds for m in the_plan.methods]
-    settings_of: dict[tuple[str, str, int], str] = {}
-    bar = tqdm(jobs, desc="bissl_table", disable=not progress, dynamic_ncols=True)
-    for dataset, seed, method in bar:
-        bar.set_postfix_str(f"{method} on {dataset}, seed {seed}")
-        column = f"{dataset}__seed{seed}"
-        config = cell_config(the_plan, dataset, seed)
-        settings = settings_fingerprint(config)
-        settings_of[method, dataset, seed] = settings
-        if not args.fresh and cache.get(method, column, settings) is not None:
-            continue
-        run_dir = out / "runs" / dataset / method / f"seed{seed}"
-        prepare_run_dir(run_dir, settings, args.fresh)
-        metrics = run_method(method, config, run_dir, progress, pretext_cache=out / "pretext")
-        cache.put(
-            method,
-            column,
-            {
-                "method": method, "dataset": dataset, "seed": seed, "metrics": metrics,
-                "config": dataclasses.asdict(config),
-            },
-            settings,
-        )  # fmt: skip
-        if not profile.keep_checkpoints:
-            prune_weights(run_dir)
-    bar.close()
+def bissl_job(
+    plan: BiSSLTablePlan, dataset: str, seed: int, method: str, fresh: bool, progress: bool
+) -> BiSSLJob:
+    """The job of one cell; its run folder is emptied when it holds a run of other settings."""
+    from bissl.budget import baseline_pretext_steps
+    from bissl.stages import pretext_key
 
-    per_seed: dict[str, dict[str, list[float]]] = {}
-    for method in the_plan.methods:
-        label = LABELS[method]
-        for dataset in the_plan.datasets:
-            for key in metric_keys(profile, multilabel[dataset]):
-                col = f"{dataset} {METRIC_NAMES[key]}"
-                vals = []
-                for seed in profile.seeds:
-                    cell = cache.get(
-                        method, f"{dataset}__seed{seed}", settings_of[method, dataset, seed]
-                    )
-                    assert cell is not None
-                    vals.append(float(cell["metrics"].get(f"test_{key}", float("nan"))))
-                per_seed.setdefault(method, {})[col] = vals
-                mean, half = t_interval(vals)
-                raw = {"mean": mean, "half_width": half, "per_seed": vals}
-                table.set(label, col, format_mean_ci(mean, half), raw=raw)
-        table.notes[label] = "this harness"
-    if {"baseline", "bissl"} <= set(the_plan.methods):
-        for col in columns:
-            diffs = [b - a for a, b in zip(per_seed["baseline"][col], per_seed["bissl"][col])]
-            mean, half = t_interval(diffs)
-            text = format_mean_ci(mean, half)
-            table.set(DIFF_LABEL, col, text if text.startswith("-") else f"+{text}")
-            table.raw.setdefault(DIFF_LABEL, {})[col] = {
-                "mean": mean,
-                "half_width": half,
-                "per_seed": diffs,
-                "excludes_zero": bool(abs(mean) > half),
-            }
-        table.notes[DIFF_LABEL] = "paired by seed, 95% t-interval"
-
-    elapsed = time.perf_counter() - started
-    table.write(
-        out, "bissl_table",
-        meta={"profile": profile.profile, "seeds": profile.seeds, "wall_time_s": elapsed,
-              "config": profile.config, "overrides": the_plan.overrides,
-              "datasets": {d: profile.datasets[d] for d in the_plan.datasets}},
+    config = cell_config(plan, dataset, seed)
+    settings = settings_fingerprint(config)
+    ref = CellRef(method, f"{dataset}__seed{seed}", settings)
+    run_dir = plan.out / "runs" / dataset / method / f"seed{seed}"
+    if fresh or CellCache(plan.out).get(ref.row, ref.column, ref.fingerprint) is None:
+        prepare_run_dir(run_dir, settings, fresh)
+    steps = baseline_pretext_steps(config) if method == "baseline" else config.pretext.steps
+    return BiSSLJob(
+        method, dataset, seed, config, run_dir, plan.out / "pretext", progress,
+        plan.profile.threads, (ref,), group=pretext_key(config, steps),
     )  # fmt: skip
-    print(table.markdown())
-    print(f"wrote {out / 'bissl_table.md'}, .csv, .json, .tex in {elapsed:.0f} s", file=sys.stderr)
-    return table
+
+
+class BiSSLTable(TableSpec):
+    name = "bissl_table"
+    run = staticmethod(run_bissl_job)
+
+    def build_parser(self) -> argparse.ArgumentParser:
+        return build_parser()
+
+    def plan(self, args: argparse.Namespace) -> BiSSLTablePlan:
+        return plan_bissl_table(args)
+
+    def before_run(self, plan: BiSSLTablePlan) -> None:
+        if plan.profile.threads:
+            import torch
+
+            torch.set_num_threads(plan.profile.threads)
+
+    def jobs(self, plan: BiSSLTablePlan, fresh: bool, progress: bool) -> list[BiSSLJob]:
+        return [
+            bissl_job(plan, d, s, m, fresh, progress)
+            for d in plan.datasets
+            for s in plan.profile.seeds
+            for m in plan.methods
+        ]
+
+    def assemble(self, plan: BiSSLTablePlan, cells: Cells, elapsed: float) -> Table:
+        from reproduce.bissl_report import assemble
+
+        return assemble(plan, cells, elapsed)
+
+
+main = table_main(BiSSLTable())
 
 
 if __name__ == "__main__":

@@ -221,3 +221,44 @@ def learning_curves(
             ax.set_xlabel("image-views seen")
             ax.set_ylabel("validation accuracy (%)")
         return _save(fig, path, note)
+
+
+def accuracy_per_target(
+    summary: ShotSummary,
+    path: str | Path,
+    note: str | None = "Mean over seeds; error bars: 95% t-interval across seeds",
+) -> Path:
+    """Accuracy of each method on each target cell, one marker per method.
+
+    ``summary[target][method][(n_way, k_shot)] = (mean, half_width)`` as for
+    :func:`accuracy_vs_shots`. The x axis lists every ``<target> <N>w<K>s`` cell in order; the
+    methods are dodged sideways within a cell so that their error bars stay apart.
+    """
+    cells = [(t, nk) for t, by_method in summary.items() for nk in _cells_of(by_method)]
+    if not cells:
+        raise ValueError("accuracy_per_target: the summary holds no cells")
+    methods = list(dict.fromkeys(m for by_method in summary.values() for m in by_method))
+    styles = _method_styles(methods)
+    with plt.rc_context(_STYLE):
+        fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(cells) + 2.0), 3.8))
+        x = np.arange(len(cells), dtype=float)
+        for i, method in enumerate(methods):
+            offset = (i - (len(methods) - 1) / 2) * min(0.12, 0.8 / max(len(methods), 1))
+            points = [summary[t].get(method, {}).get(nk) for t, nk in cells]
+            shown = [(xi + offset, p) for xi, p in zip(x, points) if p is not None]
+            if not shown:
+                continue
+            errors = [h if h is not None and math.isfinite(h) else 0.0 for _, (_, h) in shown]
+            ax.errorbar(
+                [xi for xi, _ in shown], [m for _, (m, _) in shown], yerr=errors, label=method,
+                linestyle="none", capsize=3, markersize=6, **styles[method],
+            )  # fmt: skip
+        ax.set_xticks(x)
+        ax.set_xticklabels([f"{t}\n{n}w{k}s" for t, (n, k) in cells], fontsize=8)
+        ax.set_ylabel("accuracy (%)")
+        ax.set_xlim(-0.6, len(cells) - 0.4)
+        return _save(fig, path, note)
+
+
+def _cells_of(by_method: Mapping[str, Mapping[tuple[int, int], object]]) -> list[tuple[int, int]]:
+    return sorted({nk for cells in by_method.values() for nk in cells})

@@ -13,25 +13,36 @@ from __future__ import annotations
 
 import signal
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any, TypeVar
 
 J = TypeVar("J")
 
 
 def _worker(run: Callable[[Any], Any], tasks: Any, results: Any) -> None:
-    """A worker: run ``(index, job)`` tasks until ``None``, putting ``(index, ok, payload)``."""
+    """A worker: run bundles ``[(index, job), ...]`` until ``None``, putting ``(index, ok,
+    payload)`` as each job of a bundle finishes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    while (task := tasks.get()) is not None:
-        index, job = task
-        try:
-            results.put((index, True, run(job)))
-        except BaseException as err:  # noqa: BLE001 - reported to the parent, which re-raises
-            from bmssl.errors import UserError
+    while (bundle := tasks.get()) is not None:
+        for index, job in bundle:
+            try:
+                results.put((index, True, run(job)))
+            except BaseException as err:  # noqa: BLE001 - reported to the parent, which re-raises
+                from bmssl.errors import UserError
 
-            message = str(err) if isinstance(err, UserError) else traceback.format_exc()
-            results.put((index, False, (isinstance(err, UserError), message)))
-            return
+                message = str(err) if isinstance(err, UserError) else traceback.format_exc()
+                results.put((index, False, (isinstance(err, UserError), message)))
+                return
+
+
+def bundles(jobs: Sequence[J], group: Callable[[J], Hashable] | None) -> list[list[tuple[int, J]]]:
+    """``jobs`` (numbered in their order) gathered by ``group`` key: the groups in order of
+    first appearance, each keeping its jobs' order."""
+    groups: dict[Hashable, list[tuple[int, J]]] = {}
+    for index, job in enumerate(jobs):
+        key = group(job) if group is not None else index
+        groups.setdefault(key, []).append((index, job))
+    return list(groups.values())
 
 
 def run_jobs(
@@ -40,18 +51,22 @@ def run_jobs(
     workers: int,
     on_done: Callable[[J, Any], None],
     cost: Callable[[J], float] = lambda job: 0.0,
+    group: Callable[[J], Hashable] | None = None,
 ) -> None:
     """``on_done(job, run(job))`` for every job; ``run`` must be a picklable top-level function.
 
     With ``workers`` > 1 at most that many jobs run at once, each in a spawned process, the
     costliest first (less idle time at the end); spawn, not fork, because forking a process whose
-    torch thread pools are live can deadlock. A job's user error is raised again here as a
-    :class:`bmssl.errors.UserError` (exit 2); any other failure as a ``RuntimeError`` with the
-    worker's traceback.
+    torch thread pools are live can deadlock. Jobs with the same ``group`` key run in their
+    order in one worker (e.g. jobs that train and then reuse one cached stage). A job's user
+    error is raised again here as a :class:`bmssl.errors.UserError` (exit 2); any other failure
+    as a ``RuntimeError`` with the worker's traceback.
     """
-    if workers <= 1 or len(jobs) <= 1:
-        for job in jobs:
-            on_done(job, run(job))
+    work = bundles(jobs, group)
+    if workers <= 1 or len(work) <= 1:
+        for bundle in work:
+            for _, job in bundle:
+                on_done(job, run(job))
         return
     import multiprocessing
     import queue
@@ -60,17 +75,16 @@ def run_jobs(
 
     context = multiprocessing.get_context("spawn")
     tasks, results = context.Queue(), context.Queue()
-    ordered = sorted(jobs, key=lambda j: -cost(j))
-    for task in enumerate(ordered):
-        tasks.put(task)
-    count = min(workers, len(ordered))
+    for bundle in sorted(work, key=lambda b: -sum(cost(job) for _, job in b)):
+        tasks.put(bundle)
+    count = min(workers, len(work))
     for _ in range(count):
         tasks.put(None)
     processes = [context.Process(target=_worker, args=(run, tasks, results)) for _ in range(count)]
     try:
         for process in processes:
             process.start()
-        for _ in ordered:
+        for _ in jobs:
             while True:
                 try:
                     index, ok, payload = results.get(timeout=1.0)
@@ -84,7 +98,7 @@ def run_jobs(
             if not ok:
                 is_user_error, message = payload
                 raise UserError(message) if is_user_error else RuntimeError(message)
-            on_done(ordered[index], payload)
+            on_done(jobs[index], payload)
     finally:
         for process in processes:
             if process.is_alive():

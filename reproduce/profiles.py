@@ -25,6 +25,8 @@ from bmssl.errors import UserError, check_choice, check_positive
 from bmssl.evaluate import CLASSIFIERS
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
+#: the BiSSL table's rows: the pipeline paths (:func:`bissl.pipeline.run_method`)
+BISSL_PATHS = ("baseline", "bissl")
 CELL = re.compile(r"^(\d+)w(\d+)s$")
 P = TypeVar("P")
 
@@ -34,6 +36,15 @@ def _check_seeds(seeds: list[int]) -> None:
         raise UserError("seeds is empty; give at least one seed, e.g. seeds=[0,1,2] or --seeds 3")
     if len(set(seeds)) != len(seeds):
         raise UserError(f"seeds {seeds} repeat a seed; each seed must appear once")
+
+
+def _check_evaluation(profile: Any) -> None:
+    """The few-shot tables' shared fields: classifier, episodes, queries, jobs, threads."""
+    check_choice("classifier", profile.classifier, CLASSIFIERS)
+    for name in ("episodes", "n_query", "jobs"):
+        check_positive(name, getattr(profile, name))
+    if profile.threads is not None:
+        check_positive("threads", profile.threads)
 
 
 @dataclass
@@ -67,11 +78,7 @@ class Table1Profile:
     keep_checkpoints: bool = True
 
     def validate(self) -> None:
-        check_choice("classifier", self.classifier, CLASSIFIERS)
-        for name in ("episodes", "n_query", "jobs"):
-            check_positive(name, getattr(self, name))
-        if self.threads is not None:
-            check_positive("threads", self.threads)
+        _check_evaluation(self)
         _check_seeds(self.seeds)
         if not self.methods:
             raise UserError("the profile lists no methods; set methods=[random,simclr,...]")
@@ -95,15 +102,7 @@ class Table1Profile:
 
     def cells(self, dataset: str) -> list[tuple[int, int]]:
         """``[(n_way, k_shot)]`` of a dataset's columns."""
-        out = []
-        for cell in self.datasets[dataset].get("cells", []):
-            match = CELL.match(str(cell))
-            if not match:
-                raise UserError(
-                    f"cell {cell!r} of {dataset} is not of the form <N>w<K>s (e.g. 5w1s)"
-                )
-            out.append((int(match[1]), int(match[2])))
-        return out
+        return parse_cells(self.datasets[dataset].get("cells", []), dataset)
 
     def dataset_options(self, dataset: str) -> dict[str, Any]:
         return {k: v for k, v in self.datasets[dataset].items() if k != "cells"}
@@ -118,9 +117,10 @@ class BiSSLTableProfile:
     profile: str = "cpu"
     preset: str = "cpu"
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
-    methods: list[str] = field(default_factory=lambda: ["baseline", "bissl"])
+    methods: list[str] = field(default_factory=lambda: list(BISSL_PATHS))
     metrics: list[str] = field(default_factory=lambda: ["top1", "top5"])
     threads: int | None = 1
+    jobs: int = 1
     config: dict[str, Any] = field(default_factory=dict)
     datasets: dict[str, Any] = field(default_factory=dict)
     #: read tiny synthetic copies of the downstream and pretext sets, in their real layouts,
@@ -132,7 +132,8 @@ class BiSSLTableProfile:
     def validate(self) -> None:
         _check_seeds(self.seeds)
         for method in self.methods:
-            check_choice("method", method, ("baseline", "bissl"))
+            check_choice("method", method, BISSL_PATHS)
+        check_positive("jobs", self.jobs)
         for metric in self.metrics:
             check_choice("metric", metric, ("top1", "top5"))
         if self.threads is not None:
@@ -142,6 +143,67 @@ class BiSSLTableProfile:
         for dataset, options in self.datasets.items():
             if options is not None and not isinstance(options, dict):
                 raise UserError(f"datasets.{dataset} must be a mapping of BiSSL options (or {{}})")
+
+
+@dataclass
+class CrossDomainProfile:
+    """The cross-domain table: rows = methods, columns = ``<target> <N>w<K>s`` few-shot cells.
+
+    The models are the ones Table 1 trains on ``source`` under the Table 1 profile
+    ``table1_profile`` (same settings, same run folders: whichever table runs first trains them,
+    the other reloads them). ``methods``, ``seeds`` and ``reference`` default to that profile's.
+    Each target: its registry name (or ``imagefolder:<path>``) with ``cells``, ``image_size``
+    (default: the source's), ``classes`` (``test``: the set's test classes, ``all``: every class)
+    and ``optional`` (skipped, with a note, when its root is missing).
+    """
+
+    profile: str = "cpu"
+    table1_profile: str = "cpu"
+    source: str = "glyphs"
+    episodes: int = 1000
+    n_query: int = 15
+    classifier: str = "proto"
+    seeds: list[int] | None = None
+    methods: list[str] | None = None
+    reference: str | None = None
+    threads: int | None = 1
+    jobs: int = 1
+    targets: dict[str, Any] = field(default_factory=dict)
+    #: cells of a target given with ``--target`` (default 5-way 1- and 5-shot)
+    target_cells: list[str] = field(default_factory=lambda: ["5w1s", "5w5s"])
+    synthetic_data: bool = False
+    keep_checkpoints: bool = True
+
+    def validate(self) -> None:
+        _check_evaluation(self)
+        if self.seeds is not None:
+            _check_seeds(self.seeds)
+        if not self.targets:
+            raise UserError("the profile lists no targets")
+        for target, options in self.targets.items():
+            if not isinstance(options, dict) or not options.get("cells"):
+                raise UserError(
+                    f"target {target!r} needs a cells list, e.g. {{cells: [5w1s, 5w5s]}}"
+                )
+            check_choice(
+                f"targets.{target}.classes", options.get("classes", "test"), ("test", "all")
+            )
+            self.cells(target)
+        parse_cells(self.target_cells, "target_cells")
+
+    def cells(self, target: str) -> list[tuple[int, int]]:
+        return parse_cells(self.targets[target]["cells"], target)
+
+
+def parse_cells(cells: list[Any], where: str) -> list[tuple[int, int]]:
+    """``["5w1s", ...]`` as ``[(5, 1), ...]``; a malformed cell is a :class:`UserError`."""
+    out = []
+    for cell in cells:
+        match = CELL.match(str(cell))
+        if not match:
+            raise UserError(f"cell {cell!r} of {where} is not of the form <N>w<K>s (e.g. 5w1s)")
+        out.append((int(match[1]), int(match[2])))
+    return out
 
 
 def known_profiles(table: str) -> list[str]:
@@ -234,8 +296,10 @@ def table_parser(
 ) -> argparse.ArgumentParser:
     """The command line both table drivers share: ``[--config PROFILE] [--out DIR] [--quiet]
     [--seeds N] [--methods A,B] [--datasets A,B] [--data-root NAME=PATH] [--data-dir DIR]
-    [--download] [--fresh] [key=value ...]``."""
-    parser = argparse.ArgumentParser(
+    [--download] [--jobs N] [--fresh] [key=value ...]``."""
+    from bmssl.cli import Parser, add_skip_corrupt, out_dir
+
+    parser = Parser(
         prog=prog,
         description=doc,
         epilog=epilog,
@@ -249,7 +313,9 @@ def table_parser(
         metavar="PROFILE",
         help=f"a profile ({', '.join(known_profiles(table))}; default cpu) or a YAML file",
     )
-    parser.add_argument("--out", default=out, help=f"output folder (default {out})")
+    parser.add_argument(
+        "--out", type=out_dir, default=Path(out), help=f"output folder (default {out})"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--seeds", type=int, help="seeds 0..N-1 (default: the profile's)")
     parser.add_argument("--methods", help="comma-separated subset of the profile's methods")
@@ -268,9 +334,22 @@ def table_parser(
         help="before training, fetch the datasets whose root is missing or incomplete "
         "(python -m bmssl.data fetch) into their root; refused for sets without a public source",
     )
+    parser.add_argument(
+        "--jobs", type=int, help="jobs run at once in worker processes (default: the profile's)"
+    )
     parser.add_argument("--fresh", action="store_true", help="ignore cached cells and models")
+    add_skip_corrupt(parser)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="overrides")
     return parser
+
+
+def worker_count(jobs: int) -> int:
+    """``--jobs`` (or the profile's ``jobs``) checked, and capped at the CPU count."""
+    import os
+
+    if jobs < 1:
+        raise UserError(f"--jobs must be at least 1, got {jobs}")
+    return min(jobs, os.cpu_count() or 1)
 
 
 def seed_overrides(seeds: int | None) -> list[str]:

@@ -16,7 +16,8 @@ seeded, so a copy is the same bytes every time.
 
 :func:`ensure_root` builds a copy into a hidden temporary folder of the cache and renames it into
 place only when complete, so an interrupted build never leaves a root that looks finished; a
-finished copy is reused. The downstream builders are in :mod:`reproduce.smoke_downstream`.
+finished copy is reused. The downstream builders are in :mod:`reproduce.smoke_downstream`, the
+cross-domain targets' in :mod:`reproduce.smoke_crossdomain`.
 """
 
 from __future__ import annotations
@@ -146,6 +147,7 @@ def build_pretext(root: Path, rng: np.random.Generator, options: Any = None) -> 
 def builders() -> dict[str, Builder]:
     """Every dataset a copy can be built of, by registry name (``pretext``: the BiSSL pretext
     tree, read as ``imagefolder:<root>``)."""
+    from reproduce.smoke_crossdomain import CROSSDOMAIN
     from reproduce.smoke_downstream import DOWNSTREAM
 
     return {
@@ -153,6 +155,7 @@ def builders() -> dict[str, Builder]:
         "miniimagenet": build_miniimagenet,
         "pretext": build_pretext,
         **DOWNSTREAM,
+        **CROSSDOMAIN,
     }
 
 

@@ -1,4 +1,4 @@
-"""Statistics of Table 1: intervals across seeds, episode intervals and paired comparisons.
+"""Statistics of the results tables: intervals across seeds, episode intervals, comparisons.
 
 Data layout: a *cell* (one method on one benchmark column) is a sequence over seeds ``s = 1..S``
 of per-episode accuracies ``x_s`` (1-D arrays in %, ``E`` episodes each), where seed ``s``
@@ -9,19 +9,43 @@ Two sources of noise are in such a cell: the *training* noise (another seed give
 and the *episode* noise (another episode set gives another score for the same model). The
 interval across seeds covers both; the episode interval covers only the second, which is why it
 is reported beside the primary figure and never in its place.
+
+Comparisons between rows (which decide the table's marks) are the seed-level paired t-test of
+:mod:`reproduce.inference` and Holm's adjustment of :mod:`reproduce.multiplicity`, re-exported
+here (:func:`compare_rows`, :func:`adjust_table`, :func:`beats_all`, :func:`comparisons_json`,
+...); their power figures are in :mod:`reproduce.power`. The hierarchical bootstrap below
+(:func:`paired_difference`, also named :func:`hierarchical_bootstrap_difference`) produced the
+intervals of tables made before; its "95%" interval rejects a true null 16–25% of the time at 3
+seeds (``benchmarks/calibration.py``), so it is kept for reading old JSON and decides nothing.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from itertools import combinations
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from scipy import stats as sps
 
 from bmssl.evaluate import mean_ci95
+from reproduce.inference import (  # noqa: F401  (re-exported: the tables import them from here)
+    ALPHA,
+    beats_all,
+    compare_rows,
+    comparisons_json,
+    paired_t_pvalues,
+    paired_t_test,
+    pooled_paired_t,
+    seed_differences,
+    seed_paired_t,
+)
+from reproduce.multiplicity import adjust_results, adjust_table, holm, table_family  # noqa: F401
+from reproduce.power import (  # noqa: F401
+    min_detectable_effect,
+    power_paired_t,
+    seeds_needed,
+)
 
 # The bootstrap gathers ``draws × seeds × episodes`` values; beyond this many per chunk the
 # replicates are drawn in chunks so that memory stays bounded (~64 MB of float64 + indices).
@@ -160,6 +184,11 @@ def paired_difference(
 ) -> dict[str, Any]:
     """Mean paired difference ``a − b`` over seeds × shared episodes, with a bootstrap interval.
 
+    The test the tables used before :mod:`reproduce.inference`; kept for old JSON, it decides
+    no mark. Resampling 3 seeds draws their mean from 3 values, so the "95%" interval is about
+    the range of the seed differences and excludes zero under a true null 16–25% of the time at
+    3 seeds (14–15% at 5; ``benchmarks/calibration.py``).
+
     ``a[s]`` and ``b[s]`` are the per-episode accuracies of two rows under seed ``s`` on the
     same episodes, so ``D[s, i] = a[s][i] − b[s][i]``. The point estimate is
     ``mean_s mean_i D[s, i]``; the interval is the percentile interval
@@ -189,48 +218,5 @@ def paired_difference(
     }
 
 
-def _negated(comparison: dict[str, Any]) -> dict[str, Any]:
-    """The comparison ``b − a`` from that of ``a − b``: with the same bootstrap draws every
-    replicate is negated, so the interval flips exactly."""
-    return {
-        **comparison,
-        "mean": -comparison["mean"],
-        "lo": -comparison["hi"],
-        "hi": -comparison["lo"],
-        "seed_means": [-m for m in comparison["seed_means"]],
-        "sign": -comparison["sign"],
-    }
-
-
-def compare_rows(
-    cells: Mapping[str, Sequence[np.ndarray]],
-    n_boot: int = 2000,
-    seed: int = 0,
-    confidence: float = 0.95,
-) -> dict[tuple[str, str], dict[str, Any]]:
-    """:func:`paired_difference` ``(A − B)`` of one column for every ordered pair of rows.
-
-    ``cells[row]`` is that row's per-seed episode accuracies. Each unordered pair is
-    bootstrapped once and its mirror is the exact negation (same draws).
-    """
-    out: dict[tuple[str, str], dict[str, Any]] = {}
-    for first, second in combinations(cells, 2):
-        result = paired_difference(cells[first], cells[second], n_boot, seed, confidence)
-        out[first, second] = result
-        out[second, first] = _negated(result)
-    return out
-
-
-def beats_all(comparisons: Mapping[tuple[str, str], dict[str, Any]], row: str) -> bool:
-    """Whether ``row`` is significantly better than every other row of ``comparisons``
-    (each interval of ``row − other`` lies above zero); the condition for bold."""
-    others = [pair for pair in comparisons if pair[0] == row]
-    return bool(others) and all(comparisons[pair]["sign"] > 0 for pair in others)
-
-
-def comparisons_json(
-    comparisons: Mapping[tuple[str, str], dict[str, Any]],
-) -> list[dict[str, Any]]:
-    """The result of :func:`compare_rows` as a JSON-able list (JSON keys cannot be tuples):
-    ``[{"a": A, "b": B, **paired_difference(A, B)}, ...]``."""
-    return [{"a": a, "b": b, **result} for (a, b), result in comparisons.items()]
+#: the old name and a clearer one for the hierarchical bootstrap of :func:`paired_difference`
+hierarchical_bootstrap_difference = paired_difference

@@ -16,13 +16,13 @@ import json
 import math
 import re
 import shutil
-import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bmssl.io import write_json, write_text
+from reproduce.latex import LATEX_MARKS, latex_escape
 
 
 def slug(text: str) -> str:
@@ -36,10 +36,30 @@ def fingerprint(*parts: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+#: config fields that choose where a run executes, not what it computes (only the device: the
+#: fingerprints of earlier caches included every other field)
+EXECUTION_ONLY = frozenset({"device"})
+#: fields added after results were cached, with the value that computes what runs before them
+#: computed: left out of the fingerprint at that value, so older cached models stay valid
+LATER_FIELDS: dict[str, Any] = {"task_chunk": 0, "tracker": "none", "tracking_uri": None}
+
+
+def _without_later(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` without :data:`LATER_FIELDS` at their original value, in sections too (the
+    pretext section of a BiSSL config is a run config)."""
+    return {
+        k: _without_later(v) if isinstance(v, dict) else v
+        for k, v in values.items()
+        if not (k in LATER_FIELDS and v == LATER_FIELDS[k])
+    }
+
+
 def settings_fingerprint(config: Any) -> str:
-    """Fingerprint of a method config (a dataclass); ``device`` is left out because the same
-    run on another device is the same result."""
-    return fingerprint({k: v for k, v in dataclasses.asdict(config).items() if k != "device"})
+    """Fingerprint of a method config (a dataclass) without its :data:`EXECUTION_ONLY` fields
+    (the same run on another device is the same result) and :data:`LATER_FIELDS` at their
+    original value."""
+    values = {k: v for k, v in dataclasses.asdict(config).items() if k not in EXECUTION_ONLY}
+    return fingerprint(_without_later(values))
 
 
 def prepare_run_dir(run_dir: Path, settings: str, fresh: bool) -> None:
@@ -55,11 +75,14 @@ def prepare_run_dir(run_dir: Path, settings: str, fresh: bool) -> None:
         write_text(stamp, settings + "\n")
 
 
-def prune_weights(run_dir: Path) -> int:
+def prune_weights(run_dir: Path, keep: tuple[str, ...] = ("backbone.pt",)) -> int:
     """Delete the ``*.pt`` files (weights, resume state) under a finished cell's ``run_dir`` and
-    return the bytes freed; its records (metrics, history, curves, settings) stay."""
+    return the bytes freed; its records (metrics, history, curves, settings) and the files named
+    in ``keep`` stay (the exported backbone, which other tables reuse, is small)."""
     freed = 0
     for path in sorted(run_dir.rglob("*.pt")):
+        if path.name in keep:
+            continue
         with contextlib.suppress(FileNotFoundError):
             info = path.stat()
             path.unlink()
@@ -103,8 +126,7 @@ class CellCache:
 
 # Marks of a cell against the reference row, as Markdown shows them and as LaTeX typesets them.
 MARKS = {"better": "▲", "worse": "▼", "": ""}
-LATEX_MARKS = {"better": r"$^\blacktriangle$", "worse": r"$^\blacktriangledown$", "": ""}
-SIGNIFICANCE_TEST = "paired 95% hierarchical bootstrap interval excludes zero"
+SIGNIFICANCE_TEST = "two-sided paired t-test across seeds, p < 0.05"
 
 
 @dataclass
@@ -129,6 +151,10 @@ class Table:
     bolded: dict[str, set[str]] = field(default_factory=dict)
     reference: str | None = None
     comparisons: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    #: what a mark means, as the legend says it
+    test: str = SIGNIFICANCE_TEST
+    #: lines printed under the table (why there are no marks, the power of the tests, ...)
+    footer: list[str] = field(default_factory=list)
 
     def set(self, row: str, column: str, text: str, raw: Any = None) -> None:
         self.rows.setdefault(row, {})[column] = text
@@ -178,7 +204,7 @@ class Table:
         parts = []
         if self._has_marks() or self.reference is not None:
             against = self.reference if self.reference is not None else "the reference row"
-            prose = f": better/worse than {against} ({SIGNIFICANCE_TEST})"
+            prose = f": better/worse than {against} ({self.test})"
             parts.append(f"{marks[0]}/{marks[1]}{escape(prose)}")
         if any(self.bolded.values()):
             parts.append(f"{bold}{escape(': better than every other row by the same test')}")
@@ -227,7 +253,8 @@ class Table:
             ]
             lines.append("| " + " | ".join([row, *texts, *self._texts(row)]) + " |")
         legend = self._legend((MARKS["better"], MARKS["worse"]), "**Bold**")
-        return "\n".join(lines + ([f"\n{legend}"] if legend else [])) + "\n"
+        below = ([legend] if legend else []) + self.footer
+        return "\n".join(lines + (["", "\n\n".join(below)] if below else [])) + "\n"
 
     def latex(self, label: str | None = None) -> str:
         """A booktabs ``table`` environment (needs ``\\usepackage{booktabs,amssymb}``).
@@ -243,6 +270,7 @@ class Table:
             (LATEX_MARKS["better"], LATEX_MARKS["worse"]), r"\textbf{Bold}", latex_escape
         )
         caption = latex_escape(self.title.rstrip(".")) + (f". {legend}" if legend else "")
+        caption += "".join(f" {latex_escape(line)}" for line in self.footer)
         lines = [
             r"% booktabs table written by reproduce/tables.py; needs \usepackage{booktabs,amssymb}",
             r"\begin{table}[t]",
@@ -314,6 +342,8 @@ class Table:
             "marks": self.marks,
             "bold": {row: sorted(cols) for row, cols in self.bolded.items() if cols},
             "comparisons": self.comparisons,
+            "test": self.test,
+            "footer": self.footer,
         }
         if meta:
             payload["meta"] = meta
@@ -327,68 +357,19 @@ class Table:
 
 def format_mean_ci(mean: float, ci: float | None, digits: int = 2) -> str:
     """``"mean ± ci"``; just the mean when the interval is undefined (``None`` or NaN, e.g. a
-    t-interval over one seed)."""
+    t-interval over one seed). A mean that rounds to zero is never shown as ``-0.00``."""
+    text = f"{mean:.{digits}f}"
+    if float(text) == 0.0:
+        text = f"{0.0:.{digits}f}"
     if ci is None or not math.isfinite(ci):
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} ± {ci:.{digits}f}"
+        return text
+    return f"{text} ± {ci:.{digits}f}"
 
 
-# Characters LaTeX treats specially in text, and common Unicode that pdfLaTeX lacks in text mode.
-_LATEX_CHARS = {
-    "\\": r"\textbackslash{}",
-    "&": r"\&",
-    "%": r"\%",
-    "$": r"\$",
-    "#": r"\#",
-    "_": r"\_",
-    "{": r"\{",
-    "}": r"\}",
-    "~": r"\textasciitilde{}",
-    "^": r"\textasciicircum{}",
-    "<": r"$<$",
-    ">": r"$>$",
-    "±": r"$\pm$",
-    "→": r"$\rightarrow$",
-    "←": r"$\leftarrow$",
-    "−": r"$-$",
-    "–": "--",
-    "—": "---",
-    "×": r"$\times$",
-    "·": r"$\cdot$",
-    "≥": r"$\geq$",
-    "≤": r"$\leq$",
-    "≈": r"$\approx$",
-    "√": r"$\surd$",
-    "…": r"\ldots{}",
-    "▲": LATEX_MARKS["better"],
-    "▼": LATEX_MARKS["worse"],
-}
-# Capital Greek letters LaTeX has a macro for; the others look like Latin capitals.
-_GREEK_CAPITALS = {"Gamma", "Delta", "Theta", "Lambda", "Xi", "Pi", "Sigma", "Upsilon", "Phi",
-                   "Psi", "Omega"}  # fmt: skip
-
-
-def _latex_char(char: str) -> str:
-    if char in _LATEX_CHARS:
-        return _LATEX_CHARS[char]
-    name = unicodedata.name(char, "")
-    for prefix, case in (("GREEK SMALL LETTER ", str.lower), ("GREEK CAPITAL LETTER ", str.title)):
-        letter = name.removeprefix(prefix)
-        if letter == name or " " in letter:
-            continue
-        # Unicode spells lambda "LAMDA"; omicron has no macro because it looks like an "o".
-        letter = case({"LAMDA": "LAMBDA"}.get(letter, letter))
-        if letter in ("omicron", "Omicron") or (
-            case is str.title and letter not in _GREEK_CAPITALS
-        ):
-            return letter[0]  # Alpha, Beta, ... look like the Latin capitals
-        return rf"$\{letter}$"
-    return char
-
-
-def latex_escape(text: str) -> str:
-    """``text`` safe in LaTeX text mode: specials escaped, ``±``, ``δ``, ``→`` etc. as math."""
-    return "".join(_latex_char(c) for c in text)
+def format_difference(mean: float, ci: float | None, digits: int = 2) -> str:
+    """A paired difference: :func:`format_mean_ci` with an explicit sign (``+1.20 ± 0.40``)."""
+    text = format_mean_ci(mean, ci, digits)
+    return text if text.startswith("-") else f"+{text}"
 
 
 def parse_key_values(items: Sequence[str], what: str) -> dict[str, str]:

@@ -1,4 +1,5 @@
 import os
+import tempfile
 
 import pytest
 import torch
@@ -6,6 +7,9 @@ import torch
 # Tests share 2 cores; one intra-op thread keeps them from oversubscribing the box.
 torch.set_num_threads(1)
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# Searches record the digests of their Tune state in a user-private folder: the tests' records go
+# to a folder of their own, never into the user's ~/.local/state.
+os.environ.setdefault("BMSSL_TRUST_DIR", tempfile.mkdtemp(prefix="bmssl-trust-"))
 
 
 @pytest.fixture(autouse=True)

@@ -21,101 +21,27 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
 
-from bmssl.cli import parse_args, split_positional, verb_parser
-from bmssl.errors import UserError, cli_entry
+from bmssl.cli import Parser, parse_args, skip_corrupt, split_positional, verb_parser
+from bmssl.errors import UserError, cli_entry, shown
 from tuning.plan import DEFAULT_STORAGE
 from tuning.spaces import SCHEDULERS, SEARCH_ALGORITHMS, SPACES
 
 EXIT_INTERRUPTED = 130
 EXIT_TRIALS_FAILED = 1
 #: options of ``search`` that take no value (everything else starting with -- takes one)
-_FLAGS = ("--quiet", "--resume", "-h", "--help")
+_FLAGS = ("--quiet", "--resume", "--skip-corrupt", "-h", "--help")
 
 
 def build_parser(method: str | None = None) -> argparse.ArgumentParser:
     """The parser; with ``method``, ``search --help`` lists that method's config options."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="python -m tuning",
         description="Ray Tune searches and ablations over the registered methods.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    config_cls: type | None = None
-    presets: tuple[str, ...] = ()
-    if method is not None:
-        from bmssl.methods import get_method
-
-        shown = get_method(method)
-        config_cls, presets = shown.config_class(), tuple(shown.presets)
-    search = verb_parser(
-        sub,
-        "search",
-        "run (or resume, with --resume) a search of METHOD over --space; "
-        "key=value options set the base config of every trial",
-        config_cls=config_cls,
-        out=None,
-        presets=presets,
-    )
-    search.add_argument(
-        "--space", required=True, help=f"search space: {', '.join(SPACES)} (see `spaces`)"
-    )
-    search.add_argument(
-        "--out",
-        "--storage",
-        dest="out",
-        default=DEFAULT_STORAGE,
-        metavar="DIR",
-        help="storage: a directory (on a cluster, one every node mounts) or a URI Ray accepts "
-        f"(file://, s3://, gs://); the search lives in <out>/<name> (default {DEFAULT_STORAGE})",
-    )
-    search.add_argument(
-        "--num-samples",
-        type=int,
-        help="random search: configurations to sample (default 8); grid: repeats of the grid "
-        "(default 1)",
-    )
-    search.add_argument(
-        "--search",
-        choices=SEARCH_ALGORITHMS,
-        help="random or grid (default: grid for ablations, random for searches)",
-    )
-    search.add_argument(
-        "--scheduler",
-        choices=SCHEDULERS,
-        help="asha (stop poor trials early; default for searches whose metric is reported at "
-        "every validation) or fifo (every trial runs to the end)",
-    )
-    search.add_argument(
-        "--seeds",
-        type=_int_list,
-        help="comma-separated seeds: run every configuration once per seed (default: 0,1 for "
-        "ablations; one seed drawn per trial for searches)",
-    )
-    search.add_argument(
-        "--search-seed", type=int, default=0, help="seed of the sampler (default 0)"
-    )
-    search.add_argument(
-        "--gpus-per-trial",
-        type=float,
-        default=0.0,
-        help="GPUs per trial: 0 (default), a fraction to share a GPU, or 1",
-    )
-    search.add_argument("--cpus-per-trial", type=float, default=1.0, help="default 1")
-    search.add_argument("--max-concurrent", type=int, help="cap on trials running at once")
-    search.add_argument(
-        "--grace-period", type=int, help="ASHA: steps before a trial may be stopped"
-    )
-    search.add_argument(
-        "--address",
-        help="Ray cluster to join (HOST:PORT, or 'auto' for the one `ray start` made here); "
-        "default: start a local Ray on this machine",
-    )
-    search.add_argument("--num-cpus", type=int, help="CPUs a local Ray may use (default: all)")
-    search.add_argument("--name", help="search name (default <method>-<space>)")
-    search.add_argument(
-        "--resume", action="store_true", help="continue the search <out>/<name> after an interrupt"
-    )
-
+    _add_search(sub, method)
     verb_parser(
         sub,
         "spaces",
@@ -133,13 +59,132 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def _int_list(text: str) -> list[int]:
+def _add_search(sub: Any, method: str | None) -> None:
+    """``search``: its shared options (``verb_parser``), then what, how, where and on what."""
+    config_cls: type | None = None
+    presets: tuple[str, ...] = ()
+    if method is not None:
+        from bmssl.methods import get_method
+
+        shown_method = get_method(method)
+        config_cls, presets = shown_method.config_class(), tuple(shown_method.presets)
+    search = verb_parser(
+        sub,
+        "search",
+        "run (or resume, with --resume) a search of METHOD over --space; "
+        "key=value options set the base config of every trial",
+        config_cls=config_cls,
+        out=None,
+        presets=presets,
+        images=True,
+    )
+    _add_plan_options(search)
+    _add_resource_options(search)
+
+
+def _add_plan_options(search: argparse.ArgumentParser) -> None:
+    """What is searched and how: space, storage, samples, algorithm, scheduler, seeds, name."""
+    search.add_argument(
+        "--space", required=True, help=f"search space: {', '.join(SPACES)} (see `spaces`)"
+    )
+    search.add_argument(
+        "--out",
+        "--storage",
+        dest="out",
+        default=DEFAULT_STORAGE,
+        metavar="DIR",
+        help="storage: a directory (on a cluster, one every node mounts) or a URI Ray accepts "
+        f"(file://, s3://, gs://); the search lives in <out>/<name> (default {DEFAULT_STORAGE})",
+    )
+    search.add_argument(
+        "--num-samples",
+        type=_count,
+        help="random search: configurations to sample (default 8); grid: repeats of the grid "
+        "(default 1)",
+    )
+    search.add_argument(
+        "--search",
+        choices=SEARCH_ALGORITHMS,
+        help="random or grid (default: grid for ablations, random for searches)",
+    )
+    search.add_argument(
+        "--scheduler",
+        choices=SCHEDULERS,
+        help="asha (stop poor trials early; default for searches whose metric is reported at "
+        "every validation) or fifo (every trial runs to the end)",
+    )
+    search.add_argument(
+        "--seeds",
+        type=_seed_list,
+        help="comma-separated seeds: run every configuration once per seed (default: 0,1 for "
+        "ablations; one seed drawn per trial for searches)",
+    )
+    search.add_argument(
+        "--search-seed", type=_seed, default=0, help="seed of the sampler (default 0)"
+    )
+    search.add_argument(
+        "--grace-period", type=_count, help="ASHA: steps before a trial may be stopped"
+    )
+    search.add_argument("--name", help="search name (default <method>-<space>)")
+    search.add_argument(
+        "--resume", action="store_true", help="continue the search <out>/<name> after an interrupt"
+    )
+
+
+def _add_resource_options(search: argparse.ArgumentParser) -> None:
+    """Where trials run and what each takes."""
+    search.add_argument(
+        "--gpus-per-trial",
+        type=float,
+        default=0.0,
+        help="GPUs per trial: 0 (default), a fraction to share a GPU, or 1",
+    )
+    search.add_argument("--cpus-per-trial", type=float, default=1.0, help="default 1")
+    search.add_argument("--max-concurrent", type=_count, help="cap on trials running at once")
+    search.add_argument(
+        "--address",
+        help="Ray cluster to join (HOST:PORT, or 'auto' for the one `ray start` made here); "
+        "default: start a local Ray on this machine",
+    )
+    search.add_argument("--num-cpus", type=_count, help="CPUs a local Ray may use (default: all)")
+
+
+#: the largest count or seed an option takes (Tune and numpy take 32-bit seeds and counts)
+_INT_LIMIT = 2**31 - 1
+
+
+def _integer(text: str, low: int, what: str) -> int:
+    """``text`` as an integer in ``[low, 2**31 - 1]``, else argparse's one-line error."""
     try:
-        return [int(part) for part in text.split(",") if part.strip()]
+        value = int(text.strip().replace("_", "")) if len(text) <= 30 else None
     except ValueError:
+        value = None
+    if value is None or not low <= value <= _INT_LIMIT:
         raise argparse.ArgumentTypeError(
-            f"{text!r} is not a comma-separated list of integers (e.g. 0,1,2)"
-        ) from None
+            f"{shown(text)} is not {what} between {low} and {_INT_LIMIT}"
+        )
+    return value
+
+
+def _count(text: str) -> int:
+    return _integer(text, 1, "a whole number")
+
+
+def _seed(text: str) -> int:
+    return _integer(text, 0, "a seed (a whole number)")
+
+
+def _seed_list(text: str) -> list[int]:
+    parts = [part for part in text.split(",") if part.strip()]
+    try:
+        if parts:
+            return [_seed(part) for part in parts]
+    except argparse.ArgumentTypeError:
+        pass
+    raise argparse.ArgumentTypeError(
+        f"{shown(text)} is not a comma-separated list of seeds, whole numbers between 0 and "
+        f"{_INT_LIMIT} (e.g. 0,1,2)"
+    )
 
 
 def _method_word(argv: Sequence[str]) -> str | None:
@@ -174,7 +219,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if word is None:
         raise UserError("search needs a METHOD: python -m tuning search METHOD --space SPACE")
-    return _search(args, word, overrides)
+    with skip_corrupt(args):  # trials read images in Ray's workers, which inherit it
+        return _search(args, word, overrides)
 
 
 def _list_spaces() -> int:

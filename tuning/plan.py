@@ -116,7 +116,7 @@ class SearchPlan:
                 f"trial ({steps} fine-tuning steps); the trainer's own validations are "
                 f"`{self.space.finish_prefix}val_*`"
             )
-        if self.method.runner is not None:
+        if self.method.kind == "runner":
             return f"validation accuracy (%) at the end of each trial ({self.method.description})"
         return "validation accuracy (%) at each validation of the trainer"
 
@@ -232,7 +232,7 @@ def make_plan(request: SearchRequest) -> SearchPlan:
     search = request.search or space.default_search
     # ASHA compares trials at each rung on the reported metric, so it needs that metric at every
     # validation: not so for a trial whose metric comes from a final stage or a one-shot runner.
-    each_rung = space.finish is None and method.runner is None
+    each_rung = space.finish is None and method.kind == "trainer"
     scheduler = request.scheduler or ("asha" if space.kind == "search" and each_rung else "fifo")
     if scheduler == "asha" and not each_rung:
         raise UserError(

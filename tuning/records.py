@@ -2,8 +2,11 @@
 arms of the search (the trials that share a configuration and differ only in their seed) and the
 best trial.
 
-Only :func:`load_records` and :func:`quiet_missing_results` touch Ray (imported when called);
-the rest works on record lists, so :mod:`tuning.report` and the tests need no Ray.
+:func:`load_records` reads Tune's newest ``experiment_state-*.json`` as plain JSON and never
+decodes the cloudpickled fields it holds (nor any other pickle), so a report of a search folder
+someone else wrote (``python -m tuning report /shared/tune/...``) runs none of its code; only
+:func:`quiet_missing_results` touches Ray. The rest works on record lists, so
+:mod:`tuning.report` and the tests need no Ray.
 
 Which trial is "best": among the trials that trained for the largest step count any trial
 reached (ASHA stops trials at lower rungs because they were worse there, so an early, noisy
@@ -14,14 +17,16 @@ accuracy of a stopped trial must not beat a fully trained one), the arm with the
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import json
 import logging
 import math
 import statistics
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from bmssl.errors import UserError, shown
 from tuning.storage import Location, text_reader
 
 #: Tune's trial statuses that mean the trial will not run again
@@ -144,33 +149,73 @@ def best_record(records: Sequence[TrialRecord]) -> TrialRecord | None:
 
 
 def load_records(experiment: Location, axis_names: Sequence[str]) -> list[TrialRecord]:
-    """Every trial of the Tune experiment at ``experiment``, including never-started ones."""
-    from ray.tune import ExperimentAnalysis
-
-    with quiet_missing_results():
-        analysis = ExperimentAnalysis(experiment.uri)
+    """Every trial of the Tune experiment at ``experiment``, including never-started ones
+    (read as plain JSON: see the module docstring)."""
     read = text_reader(experiment)
     records = []
-    for trial in analysis.trials:
-        config = dict(trial.config or {})
+    for trial, metadata in _trial_states(experiment):
+        found = trial.get("config")
+        config: dict[str, Any] = found if isinstance(found, dict) else {}
+        status = str(trial.get("status"))
+        # As Tune restores it: a trial running when the driver stopped is pending again.
+        status = "PENDING" if status == "RUNNING" else status
+        trial_id = str(trial.get("trial_id"))
+        trial_dir = str(trial.get("relative_logdir") or f"trial_{trial_id}").strip("/")
+        result = metadata.get("last_result")
         last = {
             k: float(v)
-            for k, v in (trial.last_result or {}).items()
+            for k, v in (result if isinstance(result, dict) else {}).items()
             if _finite(v) and _is_metric(k)
         }
-        trial_dir = str(trial.path).rstrip("/").rsplit("/", 1)[-1]
+        seed = _plain(config.get("seed"))
         records.append(
             TrialRecord(
-                trial_id=str(trial.trial_id),
-                status=str(trial.status),
-                params={name: config.get(name) for name in axis_names},
-                seed=config.get("seed"),
+                trial_id=trial_id,
+                status=status,
+                params={name: _plain(config.get(name)) for name in axis_names},
+                seed=seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
                 last=last,
                 history=history_rows(read(f"{trial_dir}/result.json")),
-                error=_error_text(trial),
+                error=_error_text(status, metadata, trial_dir, read),
             )
         )
     return sorted(records, key=lambda r: r.trial_id)
+
+
+def _trial_states(experiment: Location) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """``(trial state, run metadata)`` of every trial in the newest experiment state file (the
+    one Tune would restore), decoded as plain JSON; ``[]`` when there is none yet."""
+    from pyarrow import fs as pafs
+
+    listed = experiment.fs.get_file_info(pafs.FileSelector(experiment.path, recursive=False))
+    names = [
+        info.base_name
+        for info in listed
+        if info.type == pafs.FileType.File
+        and fnmatch.fnmatch(info.base_name, "experiment_state-*.json")
+    ]
+    if not names:
+        return []
+    try:
+        state = json.loads(experiment.read_text(max(names)))
+        pairs = [
+            (json.loads(trial), json.loads(metadata))
+            for trial, metadata in state.get("trial_data", [])
+        ]
+    except (ValueError, TypeError, AttributeError, OSError) as err:
+        raise UserError(
+            f"cannot read the Tune state {experiment.display(max(names))} ({type(err).__name__}:"
+            f" {shown(str(err))}); the file is damaged"
+        ) from None
+    return [(t, m) for t, m in pairs if isinstance(t, dict) and isinstance(m, dict)]
+
+
+def _plain(value: Any) -> Any:
+    """A config value as JSON holds it; Tune's pickled stand-in for a value JSON cannot hold is
+    never decoded (it would run code) and reads as its type's name."""
+    if isinstance(value, dict) and value.get("_type") == "CLOUDPICKLE_FALLBACK":
+        return "<pickled value>"
+    return value
 
 
 @contextlib.contextmanager
@@ -208,12 +253,13 @@ def history_rows(result_json: str | None) -> list[dict[str, float]]:
     return [by_step[s] for s in sorted(by_step)]
 
 
-def _error_text(trial: Any) -> str | None:
-    if str(trial.status) != "ERROR":
+def _error_text(
+    status: str, metadata: dict[str, Any], trial_dir: str, read: Callable[[str], str | None]
+) -> str | None:
+    """The last line of a failed trial's ``error.txt`` (Tune's text copy of the error)."""
+    if status != "ERROR":
         return None
-    try:
-        text = str(trial.get_error() or "")
-    except (OSError, UnicodeDecodeError):
-        text = ""
-    lines = [line for line in text.strip().splitlines() if line.strip()]
+    name = metadata.get("error_filename")
+    text = read(f"{trial_dir}/{name}") if isinstance(name, str) and "/" not in name else None
+    lines = [line for line in (text or "").strip().splitlines() if line.strip()]
     return lines[-1] if lines else "trial failed (no error file)"

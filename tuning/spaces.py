@@ -7,6 +7,10 @@ does not fix them. Its axes are built against the search's base config, because 
 depend on it (δ is a multiple of the inner-loop length L; the scaling ablations are fractions of
 the training set and of the step budget). Every axis names a real config field, so the best
 trial's parameters drop straight into the method's config.
+
+The spaces of this package are :data:`BUILTIN_SPACES`; a plugin (:mod:`bmssl.plugins`) adds its
+own with :func:`register_space`. :data:`SPACES` holds them all once the plugins are loaded, which
+importing this module does.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from ray import tune
 
 from bmssl.errors import UserError, check_choice
 from bmssl.methods import Method, list_methods
+from bmssl.plugins import add_entry, load_plugins
 
 SEARCH_ALGORITHMS = ("random", "grid")
 SCHEDULERS = ("asha", "fifo")
@@ -79,7 +84,8 @@ class Space:
     :data:`ABLATION_SEEDS`, so the report gives each arm's mean and spread across seeds).
 
     ``finish`` (``"module:function"``, ``finish(trainer) -> metrics``) is a stage run after the
-    trainer whose ``val_acc`` is the trial's metric (BiSSL: fine-tune θ_P); the trainer's own
+    trainer whose ``val_acc`` is the trial's metric (BiSSL's
+    :func:`bissl.pipeline.finetune_lower_backbone` fine-tunes θ_P); the trainer's own
     validations are then reported under ``finish_prefix + key``, and ASHA cannot be used since
     no intermediate report carries the metric being optimised.
     """
@@ -111,7 +117,7 @@ class Space:
         """Why this space cannot search ``method`` (None when it can)."""
         if self.methods is not None and method.name not in self.methods:
             return f"it applies to: {', '.join(self.methods)}"
-        if method.trainer is None and method.runner is None:
+        if method.kind == "untrained":
             return f"method {method.name!r} is not trained"
         known = set(config_fields(method.config_class()))
         missing = [f for f in (*self.fields, *self.needs) if f not in known]
@@ -120,7 +126,7 @@ class Space:
         fixed = [f for f in self.fields if f in method.fixed]
         if fixed:
             return f"method {method.name!r} fixes {', '.join(f'{f}={method.fixed[f]!r}' for f in fixed)}"
-        if self.finish is not None and method.runner is not None:
+        if self.finish is not None and method.kind != "trainer":
             return f"method {method.name!r} is not one trainer run"
         return None
 
@@ -269,64 +275,82 @@ def _scaling_tasks(base: Any) -> list[Axis]:
     ]
 
 
-SPACES: dict[str, Space] = {
-    s.name: s
-    for s in (
-        Space(
-            "bissl-lambda-gamma",
-            "BiSSL: λ log-uniform in [1e-4, 1e-1], γ in {0.01, 0.1, 1}; each trial ends with a "
-            "fine-tune of θ_P, whose val accuracy is the metric",
-            ("bilevel.lam", "bilevel.gamma"),
-            _bissl_lambda_gamma,
-            methods=("bissl",),
-            finish="tuning.trainables:finetune_lower_backbone",
-            finish_prefix="bissl_",
-        ),
-        Space(
-            "bmssl-delta",
-            "BMSSL: bootstrap horizon δ in {0, 1, 2, 5, 10} × L (δ = 0 is meta-SSL without "
-            "bootstrap)",
-            ("bootstrap_steps",),
-            _bmssl_delta,
-            needs=("inner_steps",),
-            kind="ablation",
-        ),
-        Space(
-            "finetune-lr-wd",
-            "BiSSL fine-tuning stage: lr log-uniform in [1e-4, 1], weight decay in [1e-5, 1e-2]",
-            ("finetune.lr", "finetune.wd"),
-            _finetune_lr_wd,
-            methods=("bissl-finetune",),
-        ),
-        Space(
-            "augment-strength",
-            "ablation: augmentation strength of the self-supervised views "
-            "(none/weak/default/strong/affine)",
-            ("augment",),
-            _augment_strength,
-            kind="ablation",
-        ),
-        Space(
-            "scaling-images",
-            "ablation: number of training images (1/16, 1/8, 1/4, 1/2, all of the split)",
-            ("num_train_images",),
-            _scaling_images,
-            needs=("dataset", "data_root", "image_size"),
-            kind="ablation",
-        ),
-        Space(
-            "scaling-tasks",
-            "ablation: number of meta-training tasks (1/8, 1/4, 1/2, all of the step budget)",
-            ("steps",),
-            _scaling_tasks,
-            needs=("meta_batch",),
-            kind="ablation",
-        ),
-    )
-}
+#: this package's spaces (a space added in the tree adds its entry here)
+BUILTIN_SPACES: tuple[Space, ...] = (
+    Space(
+        "bissl-lambda-gamma",
+        "BiSSL: λ log-uniform in [1e-4, 1e-1], γ in {0.01, 0.1, 1}; each trial ends with a "
+        "fine-tune of θ_P, whose val accuracy is the metric",
+        ("bilevel.lam", "bilevel.gamma"),
+        _bissl_lambda_gamma,
+        methods=("bissl",),
+        finish="bissl.pipeline:finetune_lower_backbone",
+        finish_prefix="bissl_",
+    ),
+    Space(
+        "bmssl-delta",
+        "BMSSL: bootstrap horizon δ in {0, 1, 2, 5, 10} × L (δ = 0 is meta-SSL without bootstrap)",
+        ("bootstrap_steps",),
+        _bmssl_delta,
+        needs=("inner_steps",),
+        kind="ablation",
+    ),
+    Space(
+        "finetune-lr-wd",
+        "BiSSL fine-tuning stage: lr log-uniform in [1e-4, 1], weight decay in [1e-5, 1e-2]",
+        ("finetune.lr", "finetune.wd"),
+        _finetune_lr_wd,
+        methods=("bissl-finetune",),
+    ),
+    Space(
+        "augment-strength",
+        "ablation: augmentation strength of the self-supervised views "
+        "(none/weak/default/strong/affine)",
+        ("augment",),
+        _augment_strength,
+        kind="ablation",
+    ),
+    Space(
+        "scaling-images",
+        "ablation: number of training images (1/16, 1/8, 1/4, 1/2, all of the split)",
+        ("num_train_images",),
+        _scaling_images,
+        needs=("dataset", "data_root", "image_size"),
+        kind="ablation",
+    ),
+    Space(
+        "scaling-tasks",
+        "ablation: number of meta-training tasks (1/8, 1/4, 1/2, all of the step budget)",
+        ("steps",),
+        _scaling_tasks,
+        needs=("meta_batch",),
+        kind="ablation",
+    ),
+)
+SPACES: dict[str, Space] = {}
+
+
+def register_space(space: Space, replace: bool = False) -> Space:
+    """Add ``space`` to :data:`SPACES` (``replace`` to redefine an existing name)."""
+    return add_entry(SPACES, space.name, space, "search space", replace)
+
+
+for _builtin in BUILTIN_SPACES:
+    register_space(_builtin)
+
+
+def list_spaces() -> list[Space]:
+    """Every registered space, built-ins first."""
+    load_plugins()
+    return list(SPACES.values())
 
 
 def get_space(name: str) -> Space:
     """The space called ``name``; an unknown name is a :class:`UserError` listing the known."""
+    load_plugins()
     check_choice("search space", name, tuple(SPACES))
     return SPACES[name]
+
+
+# Plugins may add spaces: load them now, so that SPACES is complete for whoever reads it.
+load_plugins()

@@ -2,33 +2,33 @@
 
 The trial's config holds only the searched values (and its ``seed``); the search's
 :class:`tuning.plan.SearchPlan` (method, base config, the space's final stage) arrives through
-``tune.with_parameters``. A trial runs the method's trainer (:class:`bmssl.trainer.Trainer`) or, for a
-method whose trial is not one trainer run, its runner function.
+``tune.with_parameters``. A trial runs the method the way it trains (``Method.kind``): its
+trainer (``Method.build_trainer``, a :class:`bmssl.trainer.Trainer`) or its runner function.
 
 The trainer's own ``checkpoints/last.pt`` is what travels through Tune checkpoints, so a trial
 that Tune restores (after an interrupted driver, a failed node or an ASHA pause) resumes exactly
 where the trainer's own resume would.
 
-A space with a final stage (``Space.finish``; BiSSL's λ/γ search fine-tunes θ_P) runs it once the
-trainer has finished: the trainer's validations are reported under the space's prefix
-(``bissl_val_acc``, ...), and the final report carries the stage's metrics, its ``val_acc`` the
-trial's metric. The stage's metrics are stored in the last Tune checkpoint, so a restored trial
+A space with a final stage (``Space.finish``; BiSSL's λ/γ search fine-tunes θ_P with
+:func:`bissl.pipeline.finetune_lower_backbone`) runs it once the trainer has finished: the
+trainer's validations are reported under the space's prefix (``bissl_val_acc``, ...), and the
+final report carries the stage's metrics, its ``val_acc`` the trial's metric. The stage's metrics are stored in the last Tune checkpoint, so a restored trial
 never runs it twice.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from ray import tune
 
+from bmssl.methods import resolve
 from tuning.plan import SearchPlan
 
 #: metrics passed to Tune; anything non-numeric the trainer logs is dropped
@@ -65,13 +65,12 @@ def run_trial(config: dict[str, Any], plan: SearchPlan) -> None:
             reported = True
 
         trainer = None
-        runner = plan.method.runner_function()
-        if runner is not None:
+        if plan.method.kind == "runner":
+            runner = plan.method.runner_function()
+            assert runner is not None
             final, step, path = runner(trial_config, out_dir, on_eval)
-        else:
-            trainer_class = plan.method.trainer_class()
-            assert trainer_class is not None  # spaces refuse methods that are not trained
-            trainer = trainer_class(trial_config, out_dir=out_dir, progress=False)
+        else:  # "trainer": spaces refuse methods that are not trained
+            trainer = plan.method.build_trainer(trial_config, out_dir, progress=False)
             final = trainer.fit(on_eval=on_eval)
             step, path = trainer.step, trainer.checkpoint_path
         if finish is not None:
@@ -79,7 +78,7 @@ def run_trial(config: dict[str, Any], plan: SearchPlan) -> None:
                 # restored after the final stage had run: its metrics are in the checkpoint
                 final = json.loads(finished.read_text())
             else:
-                stage = _import_ref(finish)
+                stage = resolve(finish, f"space {plan.space.name!r}")
                 final = {**_prefixed(final, prefix), **stage(trainer)}
                 finished.write_text(json.dumps(final))
             _report(tune_metrics(final, step), path, extra=finished)
@@ -90,12 +89,6 @@ def run_trial(config: dict[str, Any], plan: SearchPlan) -> None:
             _report(tune_metrics(final, step), path)
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)
-
-
-def _import_ref(ref: str) -> Callable[..., Any]:
-    """The function a ``"module:function"`` reference names."""
-    module, _, name = ref.partition(":")
-    return getattr(importlib.import_module(module), name)  # type: ignore[no-any-return]
 
 
 def _report(metrics: dict[str, float | int], path: Path | None, extra: Path | None = None) -> None:
@@ -138,23 +131,19 @@ def tune_metrics(
     return out
 
 
-def finetune_lower_backbone(trainer: Any) -> dict[str, float]:
-    """BiSSL's final stage in a search: fine-tune θ_P (``trainer.backbone()``) on the downstream
-    train split with the config's fine-tuning budget (``bissl.pipeline.finetune``); metrics on
-    the downstream val split, ``val_acc`` the headline (top-1, or mAP for multi-label sets)."""
-    from bissl.pipeline import finetune
-
-    return finetune(trainer.backbone(), trainer.config, trainer.train_set, trainer.val_set)
-
-
 def _device_for_trial(config: Mapping[str, Any], base: Any) -> dict[str, Any]:
-    """The trial's params, plus ``device`` = the GPU Ray assigned when the config has one."""
+    """The trial's params, plus ``device`` = the GPU Ray assigned when the config has one, and
+    no trainer-side tracker (a search's is Tune's callback)."""
     params = dict(config)
     if hasattr(base, "device") and "device" not in params:
         import ray
 
         # Ray sets CUDA_VISIBLE_DEVICES to the trial's GPUs, so "cuda" is the right one.
         params["device"] = "cuda" if ray.get_gpu_ids() else "cpu"
+    # A search tracks its trials through Tune's callback (tuning.session), not each trainer.
+    for key, section in (("tracker", base), ("pretext.tracker", getattr(base, "pretext", None))):
+        if getattr(section, "tracker", "none") != "none" and key not in params:
+            params[key] = "none"
     return params
 
 

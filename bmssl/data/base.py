@@ -30,8 +30,14 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from bmssl.data.images import DECODE_ERRORS, SKIP_OPTION, CorruptImageError, convert_image
-from bmssl.errors import DataNotFoundError
+from bmssl.data.images import (
+    SKIP_FLAG,
+    CorruptImageError,
+    bomb_check,
+    bomb_reason,
+    convert_image,
+)
+from bmssl.errors import DataNotFoundError, UserError
 
 P = TypeVar("P", bound="PILImageDataset")
 
@@ -151,18 +157,31 @@ class PILImageDataset(ImageDataset):
         return f"item {index}"
 
     def load_image(self, index: int) -> Image.Image:
-        """Item ``index`` decoded as an 8-bit ``L`` or ``RGB`` image (its file closed)."""
+        """Item ``index`` decoded as an 8-bit ``L`` or ``RGB`` image (its file closed).
+
+        Any failure to turn the file's bytes into pixels is the file's fault (Pillow's decoders
+        raise OSError, SyntaxError, EOFError, ValueError, struct.error, ... for hostile data)
+        and becomes a :class:`CorruptImageError` naming it; a missing file is a
+        :class:`DataNotFoundError`. A header declaring more pixels than Pillow's bomb limit is
+        refused before decoding (:func:`bmssl.data.images.bomb_check`).
+        """
+        where = self.describe(index)
         try:
             with self.open_image(index) as img:
+                bomb_check(img, where)
                 img.load()
-                return convert_image(img, self.channels, self.describe(index))
+                return convert_image(img, self.channels, where)
         except FileNotFoundError:
             raise DataNotFoundError(
-                f"image {self.describe(index)} is missing: restore it, or remove it from the "
-                "dataset's folders or lists"
+                f"image {where} is missing: restore it, or remove it from the dataset's folders "
+                "or lists"
             ) from None
-        except DECODE_ERRORS as err:
-            raise CorruptImageError(self.describe(index), err) from None
+        except UserError:
+            raise
+        except Image.DecompressionBombError as err:  # Pillow refuses twice its limit itself
+            raise CorruptImageError(where, bomb_reason(err)) from None
+        except Exception as err:
+            raise CorruptImageError(where, err) from None
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int | torch.Tensor]:
         return self._to_tensor(self.load_image(index)), self.label(index)
@@ -234,7 +253,7 @@ def drop_unreadable(
     bad = np.nonzero(~readable)[0]
     warnings.warn(
         f"{where}: left out {len(bad)} unreadable image(s) of {len(dataset)} "
-        f"(first: {dataset.describe(int(bad[0]))}) as {SKIP_OPTION} asks",
+        f"(first: {dataset.describe(int(bad[0]))}) as {SKIP_FLAG} asks",
         stacklevel=2,
     )
     keep = np.nonzero(readable)[0]

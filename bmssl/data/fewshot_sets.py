@@ -90,8 +90,8 @@ def _split_by_lists(
 # ----------------------------------------------------------------------------------------- Omniglot
 
 OMNIGLOT_HELP = (
-    "Get it once on a machine with internet: torchvision.datasets.Omniglot(ROOT, background=True, download=True) "
-    "and the same with background=False; then pass root=ROOT (it holds omniglot-py/images_background and "
+    "Get it once on a machine with internet: python -m bmssl.data fetch omniglot ROOT (torchvision's "
+    "pinned zips), then set data_root=ROOT (it holds omniglot-py/images_background and "
     "omniglot-py/images_evaluation, unzipped from github.com/brendenlake/omniglot)."
 )
 
@@ -170,7 +170,7 @@ MINIIMAGENET_HELP = (
     "learn2learn's pickle cache (mini-imagenet-cache-train.pkl, -validation.pkl and -test.pkl), as "
     "<wnid>/<image> folders, as train/ val/ test/ folders of those, as images/ with the train.csv, val.csv "
     "and test.csv of Ravi & Larochelle (columns filename,label), or as a Hugging Face dataset saved with "
-    "save_to_disk(ROOT) whose label names are the WordNet ids; then pass root=ROOT."
+    "save_to_disk(ROOT) whose label names are the WordNet ids; then set data_root=ROOT."
 )
 
 # learn2learn's MiniImagenet(root, mode) reads ROOT/mini-imagenet-cache-<mode>.pkl: a pickled dict
@@ -359,7 +359,7 @@ def miniimagenet(
 
 CIFARFS_HELP = (
     "CIFAR-FS is built from CIFAR-100: run torchvision.datasets.CIFAR100(ROOT, download=True) once on a "
-    "machine with internet, then pass root=ROOT (it holds cifar-100-python/)."
+    "machine with internet, then set data_root=ROOT (it holds cifar-100-python/)."
 )
 
 

@@ -11,9 +11,14 @@ Layouts read:
   such as a folder of unlabelled images, in one class named ``unlabeled``.
 
 ``protocol="unlabeled"`` returns every image of the tree (all class folders of all split folders)
-as one pool. ``skip_corrupt=True`` decodes every image once while the dataset is built and leaves
-out those that fail, with one warning; by default such an image raises
-:class:`~bmssl.data.images.CorruptImageError` when read.
+as one pool. ``skip_corrupt=True`` (``--skip-corrupt`` on the command line) decodes every image
+once while the dataset is built and leaves out those that fail, with one warning; by default such
+an image raises :class:`~bmssl.data.images.CorruptImageError` when read.
+
+Images must lie directly in their class folder. A class folder that holds no image itself but
+has sub-folders with images (``cat/2019/a.jpg``) is an error naming it, never a class that
+silently disappears: move the images up, or point the dataset at the folder whose
+sub-folders are the classes.
 """
 
 from __future__ import annotations
@@ -22,9 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from bmssl.data.base import FileImageDataset, ImageDataset
+from bmssl.data.images import skip_corrupt_requested
 from bmssl.data.registry import register_dataset, require_root
 from bmssl.data.sources import LabelledSource, finish_source
-from bmssl.errors import DataNotFoundError, UserError
+from bmssl.errors import DataNotFoundError, UserError, shown
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
@@ -45,16 +51,42 @@ def list_images(directory: Path) -> list[Path]:
     ]
 
 
-def scan_class_folders(directory: Path, loose: bool = False) -> dict[str, list[Path]]:
+def nested_images(directory: Path, depth: int = 3) -> Path | None:
+    """The first image under a sub-folder of ``directory`` (at most ``depth`` levels down)."""
+    if depth <= 0:
+        return None
+    for sub in (p for p in visible_entries(directory) if p.is_dir()):
+        files = list_images(sub)
+        found = files[0] if files else nested_images(sub, depth - 1)
+        if found is not None:
+            return found
+    return None
+
+
+def scan_class_folders(
+    directory: Path, loose: bool = False, strict: bool = False
+) -> dict[str, list[Path]]:
     """``{class folder name: its image files}``, classes sorted; folders without images left out.
 
-    With ``loose``, images lying directly in ``directory`` join class ``unlabeled``.
+    With ``loose``, images lying directly in ``directory`` join class ``unlabeled``. With
+    ``strict`` (reading a tree, not probing whether a root is one), a class folder whose images
+    all sit in its sub-folders is a :class:`UserError` naming it.
     """
     found: dict[str, list[Path]] = {}
     for sub in (p for p in visible_entries(directory) if p.is_dir()):
         files = list_images(sub)
         if files:
             found[sub.name] = files
+            continue
+        deeper = nested_images(sub) if strict else None
+        if deeper is not None:
+            raise UserError(
+                f"class folder {shown(str(sub), 200)} holds no image itself but its sub-folder "
+                f"{shown(str(deeper.parent.relative_to(sub)), 80)} does ({shown(deeper.name)}); "
+                f"images must lie directly in <class>/: move them up into "
+                f"{shown(sub.name)}, or point the dataset at {shown(str(sub), 200)} if its "
+                "sub-folders are the classes"
+            )
     if loose and (files := list_images(directory)):
         found[UNLABELED] = sorted(found.get(UNLABELED, []) + files)
     return dict(sorted(found.items()))
@@ -85,7 +117,9 @@ def read_image_tree(
     ``unlabeled``.
     """
     folders = find_split_folders(root) or {"": root}
-    per_split = {split: scan_class_folders(folder, loose) for split, folder in folders.items()}
+    per_split = {
+        split: scan_class_folders(folder, loose, strict=True) for split, folder in folders.items()
+    }
     classes = sorted(set().union(*per_split.values()))
     index = {c: i for i, c in enumerate(classes)}
     paths: list[Path] = []
@@ -101,8 +135,8 @@ def read_image_tree(
         if loose_files:
             raise UserError(
                 f"{str(root)!r} holds {len(loose_files)} images but no <class>/ folders; the "
-                "fewshot and supervised protocols need class folders: pass protocol='unlabeled' "
-                "for a pool of unlabelled images"
+                "fewshot and supervised protocols need class folders: pass "
+                "train_protocol='unlabeled' for a pool of unlabelled images"
             )
         raise DataNotFoundError(
             f"no images found under {str(root)!r}: expected <class>/<image> folders (or train/val/test "
@@ -133,4 +167,4 @@ def imagefolder(
     if not root.is_dir():
         raise DataNotFoundError(f"imagefolder:{root} is not a folder")
     source = read_image_tree(root, image_size, channels, loose=protocol == "unlabeled")
-    return finish_source(source, split, protocol, skip_corrupt, preload)
+    return finish_source(source, split, protocol, skip_corrupt or skip_corrupt_requested(), preload)

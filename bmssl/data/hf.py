@@ -28,6 +28,7 @@ from PIL import Image
 
 from bmssl.data.base import ImageDataset, PILImageDataset
 from bmssl.data.folders import SPLIT_NAMES, UNLABELED
+from bmssl.data.images import skip_corrupt_requested
 from bmssl.data.registry import register_dataset
 from bmssl.data.sources import LabelledSource, finish_source
 from bmssl.errors import DataNotFoundError, UserError
@@ -385,4 +386,4 @@ def hf(
             "Hub dataset name (owner/name); pass a folder written by datasets' save_to_disk or "
             "a Hub name"
         )
-    return finish_source(source, split, protocol, skip_corrupt, preload)
+    return finish_source(source, split, protocol, skip_corrupt or skip_corrupt_requested(), preload)

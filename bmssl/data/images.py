@@ -18,19 +18,41 @@
 Then a grey image becomes ``RGB`` by repeating its grey, and a colour image becomes ``L`` by the
 ITU-R 601-2 luma transform, as ``channels`` asks. A file that cannot be decoded raises
 :class:`CorruptImageError`, whose message names the file and the fix.
+
+A file whose header declares more pixels than ``PIL.Image.MAX_IMAGE_PIXELS`` (a decompression
+bomb: a few kilobytes that would decode to gigabytes) is refused before it is decoded, as a
+:class:`CorruptImageError` like any other undecodable file, so ``skip_corrupt`` (``--skip-corrupt``
+on the command line, :data:`SKIP_CORRUPT_ENV` in the environment) leaves it out too. Pillow's own
+warning for such files is silenced, since the harness refuses them itself.
 """
 
 from __future__ import annotations
 
+import os
+import re
+import warnings
+
 import numpy as np
 from PIL import Image
 
-from bmssl.errors import UserError
+from bmssl.errors import UserError, one_line
 
 SKIP_OPTION = "skip_corrupt=True"
+#: the command-line switch of every verb that reads images (bmssl.cli)
+SKIP_FLAG = "--skip-corrupt"
+#: set (to 1) by ``--skip-corrupt``; the local-root loaders then skip unreadable images
+SKIP_CORRUPT_ENV = "BMSSL_SKIP_CORRUPT"
 # Pillow raises OSError (UnidentifiedImageError, "image file is truncated"), SyntaxError ("broken
-# PNG file") or EOFError for undecodable data, depending on the format.
-DECODE_ERRORS = (OSError, SyntaxError, EOFError)
+# PNG file") or EOFError for undecodable data, depending on the format; hostile headers also
+# reach ValueError, struct.error, ... in its decoders (see PILImageDataset.load_image).
+DECODE_ERRORS = (OSError, SyntaxError, EOFError, Image.DecompressionBombError)
+
+# Refused by bomb_check (before decoding) whatever the size, so Pillow's warning between one and
+# two times the limit would only add a second, multi-line message. Pillow's other warnings
+# ("Corrupt EXIF data", "Tag data larger than file") are about metadata it then ignores; a
+# file it cannot decode is one CorruptImageError line, never a warning plus a line.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
 ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "La", "RGBa"})
 INT16_FULL = 65535
 INT32_FULL = 2**31 - 1
@@ -39,13 +61,47 @@ INT32_FULL = 2**31 - 1
 class CorruptImageError(UserError):
     """An image file (or table row) that cannot be decoded."""
 
-    def __init__(self, where: str, err: BaseException) -> None:
-        reason = " ".join(str(err).split()) or type(err).__name__
+    def __init__(self, where: str, err: BaseException | str) -> None:
+        reason = one_line(str(err), 200) or type(err).__name__
         super().__init__(
             f"cannot decode image {where} ({reason}): delete or replace the file, or pass "
-            f"{SKIP_OPTION} to leave unreadable images out"
+            f"{SKIP_OPTION} ({SKIP_FLAG}) to leave unreadable images out"
         )
         self.where = where
+        self.reason = reason
+
+    def __reduce__(self) -> tuple:
+        # The two-argument constructor breaks the default exception pickling (worker processes
+        # and Ray send errors between processes).
+        return (type(self), (self.where, self.reason))
+
+
+def skip_corrupt_requested() -> bool:
+    """Whether ``--skip-corrupt`` (:data:`SKIP_CORRUPT_ENV`) asks to leave unreadable images out."""
+    return os.environ.get(SKIP_CORRUPT_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def bomb_reason(err: BaseException) -> str:
+    """The reason of a CorruptImageError for Pillow's own DecompressionBombError."""
+    found = re.search(r"\((\d+) pixels\)", str(err))
+    pixels = f"{found.group(1)} pixels" if found else "more pixels than twice that"
+    return (
+        f"it declares {pixels}, more than Pillow's decompression-bomb limit of "
+        f"{Image.MAX_IMAGE_PIXELS}"
+    )
+
+
+def bomb_check(img: Image.Image, where: str) -> None:
+    """Refuse an image whose header declares more pixels than Pillow's bomb limit, before any
+    pixel is decoded (:class:`CorruptImageError` naming the file and the declared size)."""
+    width, height = img.size
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and width * height > limit:
+        raise CorruptImageError(
+            where,
+            f"it declares {width}x{height} = {width * height} pixels, more than Pillow's "
+            f"decompression-bomb limit of {limit}",
+        )
 
 
 def convert_image(img: Image.Image, channels: int, where: str = "image") -> Image.Image:

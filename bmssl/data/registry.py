@@ -14,6 +14,7 @@ for any ImageFolder tree or Hugging Face dataset saved to disk.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -47,6 +48,10 @@ class DatasetFactory(Protocol):
         self, root: Path | None, split: str, protocol: str, **options: Any
     ) -> ImageDataset: ...
 
+
+#: how the running command takes a dataset's root, in the missing-root message: the option of a
+#: method's config by default; the table drivers set their own flags
+ROOT_HINT: ContextVar[str] = ContextVar("root_hint", default="set data_root=PATH")
 
 _REGISTRY: dict[str, DatasetFactory] = {}
 _PREFIXES: dict[str, DatasetFactory] = {}
@@ -125,7 +130,7 @@ def require_root(name: str, root: Path | None, must_contain: tuple[str, ...] = (
     how = _HELP.get(name, "")
     if root is None:
         raise DataNotFoundError(
-            f"dataset {name!r} needs a local root: pass root=... (--data-root). {how}".strip()
+            f"dataset {name!r} needs a local root: {ROOT_HINT.get().format(name=name)}. {how}".strip()
         )
     missing = [m for m in must_contain if not (root / m).exists()]
     if not root.exists() or missing:
@@ -148,7 +153,7 @@ def _load_builtin() -> None:
     _LOADED = True
     import importlib
 
-    for module in ("offline", "fewshot_sets", "folders", "hf", "downstream"):
+    for module in ("offline", "fewshot_sets", "folders", "hf", "downstream", "crossdomain"):
         try:
             importlib.import_module(f"bmssl.data.{module}")
         except ModuleNotFoundError as err:

@@ -30,7 +30,7 @@ import numpy as np
 
 from bmssl.errors import UserError
 
-__all__ = ["UnsafePickleError", "load_data_pickle"]
+__all__ = ["UnsafePickleError", "load_data_pickle", "numpy_attr"]
 
 # Errors a damaged or truncated pickle raises from the C unpickler.
 PICKLE_READ_ERRORS = (
@@ -48,7 +48,7 @@ class UnsafePickleError(UserError):
     """A pickle that names a global outside the data allow-list; refused, never run."""
 
 
-def _numpy_attr(module: str, name: str) -> Any:
+def numpy_attr(module: str, name: str) -> Any:
     """``numpy._core.<module>.<name>`` (numpy 2), else ``numpy.core.<module>.<name>`` (numpy 1).
 
     Imported by its real name: numpy 2's ``numpy.core`` shim warns on every access."""
@@ -74,9 +74,9 @@ def _allowed(where: str) -> dict[tuple[str, str], Callable[..., Any]]:
             raise _refusal(where, f"_codecs.encode with encoding {encoding!r}")
         return codecs.encode(text, "latin1")
 
-    reconstruct = _numpy_attr("multiarray", "_reconstruct")
-    scalar = _numpy_attr("multiarray", "scalar")
-    frombuffer = _numpy_attr("numeric", "_frombuffer")
+    reconstruct = numpy_attr("multiarray", "_reconstruct")
+    scalar = numpy_attr("multiarray", "scalar")
+    frombuffer = numpy_attr("numeric", "_frombuffer")
     allowed: dict[tuple[str, str], Callable[..., Any]] = {
         ("numpy", "ndarray"): np.ndarray,
         ("numpy", "dtype"): np.dtype,

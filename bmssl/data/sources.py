@@ -63,9 +63,9 @@ def _check_class_disjoint(source: LabelledSource, classes: dict[str, set[int]]) 
         shown = ", ".join(map(repr, names[:3])) + (" ..." if len(names) > 3 else "")
         raise UserError(
             f"{source.where}: its {'/'.join(classes)} splits share {len(shared)} classes "
-            f"({shown}), but the few-shot protocol needs class-disjoint splits; pass "
-            "protocol='supervised' to use these splits, or put the images in one "
-            "<class>/<image> tree to have it split by class"
+            f"({shown}), but the few-shot protocol needs class-disjoint splits: make the split "
+            "folders class-disjoint, or put the images in one <class>/<image> tree to have it "
+            "split by class"
         )
 
 
@@ -97,6 +97,8 @@ def finish_source(
 ) -> ImageDataset:
     """The options every local-root loader shares: ``skip_corrupt`` leaves out undecodable
     images (decoding each once, before splitting), then the split, then ``preload``."""
-    if skip_corrupt:
+    from bmssl.data.images import skip_corrupt_requested
+
+    if skip_corrupt or skip_corrupt_requested():
         source = source.without_unreadable()
     return preload_if(split_source(source, split, protocol), preload)

@@ -3,7 +3,8 @@
 Every URL and checksum here is torchvision's own: it is read at run time from the attributes of
 torchvision's dataset classes (``CIFAR100.url`` / ``.tgz_md5``, ``Omniglot.download_url_prefix``
 / ``.zips_md5``, ...), never retyped, so the pins are the ones torchvision's ``download=True``
-checks (md5, as torchvision pins them). Each file says where it lands under the root, so that the
+checks (md5, as torchvision pins them). The one exception is EuroSAT, whose pin torchvision keeps
+inside a method: it is written here and checked against torchvision's source by a test. Each file says where it lands under the root, so that the
 harness's loader (:mod:`bmssl.data.fewshot_sets`, :mod:`bmssl.data.downstream`) finds it in the
 layout ``torchvision.datasets.X(ROOT, download=True)`` would have written.
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 __all__ = ["NOT_FETCHABLE", "EXTRACT_KINDS", "Remote", "Source", "catalogue"]
 
@@ -58,7 +60,7 @@ NOT_FETCHABLE: dict[str, str] = {
         "-validation.pkl and -test.pkl that learn2learn.vision.datasets.MiniImagenet(ROOT, mode, "
         "download=True) writes for mode train, validation and test; read as they are, without "
         "running code from them), or the Ravi & Larochelle layout (ROOT/images/ plus train.csv, "
-        "val.csv, test.csv with columns filename,label), and pass root=ROOT"
+        "val.csv, test.csv with columns filename,label), and set data_root=ROOT"
     ),
 }
 
@@ -81,16 +83,9 @@ def _tarball(name: str, cls: type, inner: str, into: str = "") -> Source:
     return Source(name, (file,))
 
 
-@lru_cache(maxsize=1)
-def catalogue() -> dict[str, Source]:
-    """Every fetchable dataset by registry name (torchvision is imported on the first call)."""
-    from torchvision import datasets as tv
-    from torchvision.datasets import voc as tv_voc
-
-    sources: list[Source] = []
-
-    # Omniglot: the two zips torchvision fetches, unzipped into ROOT/omniglot-py/ as it does.
-    omniglot = tuple(
+def _omniglot(tv: Any) -> list[Source]:
+    """The two zips torchvision fetches, unzipped into ROOT/omniglot-py/ as it does."""
+    files = tuple(
         Remote(
             _join(tv.Omniglot.download_url_prefix, f"{part}.zip"),
             md5,
@@ -98,23 +93,29 @@ def catalogue() -> dict[str, Source]:
             "zip",
             "omniglot-py",
             (f"omniglot-py/{part}",),
-        )
+        )  # fmt: skip
         for part, md5 in sorted(tv.Omniglot.zips_md5.items())
     )
-    sources.append(Source("omniglot", omniglot))
+    return [Source("omniglot", files)]
 
-    # CIFAR-FS is CIFAR-100 (its class split ships with bmssl, splits/cifarfs_*.txt).
+
+def _cifar_and_stl(tv: Any) -> list[Source]:
+    """CIFAR-10/100 and STL-10 tarballs; CIFAR-FS is CIFAR-100 with bmssl's class split."""
     cifar100 = _tarball("cifar100", tv.CIFAR100, "cifar-100-python")
-    sources.append(Source("cifarfs", cifar100.files, "CIFAR-100; the class split ships with bmssl"))
-    sources.append(cifar100)
-    sources.append(_tarball("cifar10", tv.CIFAR10, "cifar-10-batches-py"))
-    sources.append(_tarball("stl10", tv.STL10, "stl10_binary"))
+    return [
+        Source("cifarfs", cifar100.files, "CIFAR-100; the class split ships with bmssl"),
+        cifar100,
+        _tarball("cifar10", tv.CIFAR10, "cifar-10-batches-py"),
+        _tarball("stl10", tv.STL10, "stl10_binary"),
+    ]
 
-    # Flowers-102: the image tarball and two .mat files, all under ROOT/flowers-102/.
-    flowers = []
+
+def _flowers(tv: Any) -> list[Source]:
+    """The image tarball and two .mat files, all under ROOT/flowers-102/."""
+    files = []
     for filename, md5 in tv.Flowers102._file_dict.values():
         is_tar = filename.endswith((".tgz", ".tar.gz"))
-        flowers.append(
+        files.append(
             Remote(
                 _join(tv.Flowers102._download_url_prefix, filename),
                 md5,
@@ -122,28 +123,18 @@ def catalogue() -> dict[str, Source]:
                 "tar.gz" if is_tar else "none",
                 "flowers-102",
                 ("flowers-102/jpg",) if is_tar else (f"flowers-102/{filename}",),
-            )
+            )  # fmt: skip
         )
-    sources.append(Source("flowers102", tuple(flowers)))
+    return [Source("flowers102", tuple(files))]
 
-    # DTD: torchvision extracts dtd-r1.0.1.tar.gz (which holds dtd/) into ROOT/dtd/.
-    sources.append(
-        Source(
-            "dtd",
-            (
-                Remote(
-                    tv.DTD._URL,
-                    tv.DTD._MD5,
-                    tv.DTD._URL.rsplit("/", 1)[-1],
-                    "tar.gz",
-                    "dtd",
-                    ("dtd/dtd/images", "dtd/dtd/labels"),
-                ),
-            ),
-        )
-    )
 
-    # Oxford-IIIT Pet: images.tar.gz and annotations.tar.gz under ROOT/oxford-iiit-pet/.
+def _textures_pets_food(tv: Any) -> list[Source]:
+    """DTD (its tarball holds dtd/, extracted into ROOT/dtd/), Oxford-IIIT Pet (two tarballs
+    under ROOT/oxford-iiit-pet/), Food-101 (one tarball)."""
+    dtd = Remote(
+        tv.DTD._URL, tv.DTD._MD5, tv.DTD._URL.rsplit("/", 1)[-1], "tar.gz", "dtd",
+        ("dtd/dtd/images", "dtd/dtd/labels"),
+    )  # fmt: skip
     pets = tuple(
         Remote(
             url,
@@ -152,22 +143,21 @@ def catalogue() -> dict[str, Source]:
             "tar.gz",
             "oxford-iiit-pet",
             (f"oxford-iiit-pet/{url.rsplit('/', 1)[-1].split('.')[0]}",),
-        )
+        )  # fmt: skip
         for url, md5 in tv.OxfordIIITPet._RESOURCES
     )
-    sources.append(Source("pets", pets))
-
     food = Remote(
-        tv.Food101._URL,
-        tv.Food101._MD5,
-        tv.Food101._URL.rsplit("/", 1)[-1],
-        "tar.gz",
-        "",
+        tv.Food101._URL, tv.Food101._MD5, tv.Food101._URL.rsplit("/", 1)[-1], "tar.gz", "",
         ("food-101/images", "food-101/meta"),
-    )
-    sources.append(Source("food101", (food,)))
+    )  # fmt: skip
+    return [Source("dtd", (dtd,)), Source("pets", pets), Source("food101", (food,))]
 
-    # Fashion-MNIST: four .gz files, decompressed into ROOT/FashionMNIST/raw/ as torchvision does.
+
+def _fashion_and_voc(tv: Any) -> list[Source]:
+    """Fashion-MNIST's four .gz files (decompressed into ROOT/FashionMNIST/raw/ as torchvision
+    does) and VOC 2007's trainval and test tarballs (both hold VOCdevkit/VOC2007/, merged)."""
+    from torchvision.datasets import voc as tv_voc
+
     mirror = tv.FashionMNIST.mirrors[0]
     fashion = tuple(
         Remote(
@@ -177,12 +167,9 @@ def catalogue() -> dict[str, Source]:
             "gz",
             "FashionMNIST/raw",
             (f"FashionMNIST/raw/{filename[: -len('.gz')]}",),
-        )
+        )  # fmt: skip
         for filename, md5 in tv.FashionMNIST.resources
     )
-    sources.append(Source("fashionmnist", fashion))
-
-    # VOC 2007: trainval and test tarballs, both holding VOCdevkit/VOC2007/ (merged in place).
     voc = []
     for key, part in (("2007", "trainval"), ("2007-test", "test")):
         entry = tv_voc.DATASET_YEAR_DICT[key]
@@ -194,8 +181,32 @@ def catalogue() -> dict[str, Source]:
                 "tar",
                 "",
                 (f"VOCdevkit/VOC2007/ImageSets/Main/{part}.txt",),
-            )
+            )  # fmt: skip
         )
-    sources.append(Source("voc2007", tuple(voc)))
+    return [Source("fashionmnist", fashion), Source("voc2007", tuple(voc))]
 
+
+#: EuroSAT (RGB): torchvision keeps this pin inside ``EuroSAT.download`` rather than on the class,
+#: so it is written here as torchvision 0.29 has it; a test checks the installed torchvision's
+#: source still holds both strings.
+EUROSAT_URL = (
+    "https://huggingface.co/datasets/torchgeo/eurosat/resolve/"
+    "c877bcd43f099cd0196738f714544e355477f3fd/EuroSAT.zip"
+)
+EUROSAT_MD5 = "c8fa014336c82ac7804f0398fcb19387"
+
+
+def _eurosat() -> list[Source]:
+    """The RGB zip (``2750/<class>/``), extracted into ROOT as the cross-domain loader reads it."""
+    file = Remote(EUROSAT_URL, EUROSAT_MD5, "EuroSAT.zip", "zip", "", ("2750",))
+    return [Source("eurosat", (file,), "BSCD-FSL's EuroSAT (RGB)")]
+
+
+@lru_cache(maxsize=1)
+def catalogue() -> dict[str, Source]:
+    """Every fetchable dataset by registry name (torchvision is imported on the first call)."""
+    from torchvision import datasets as tv
+
+    groups = (_omniglot, _cifar_and_stl, _flowers, _textures_pets_food, _fashion_and_voc)
+    sources = [source for group in groups for source in group(tv)] + _eurosat()
     return {source.name: source for source in sources}

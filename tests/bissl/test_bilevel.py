@@ -14,8 +14,9 @@ import torch.multiprocessing as mp
 
 from bissl.bilevel import BiSSLTrainer
 from bissl.config import BiSSLConfig
-from bissl.hypergrad import CGSettings, flatten, unflatten, upper_gradients
 from bissl.objectives import pretext_loss_of_backbone
+from bissl.trees import flatten, unflatten
+from bissl.upper import upper_gradients
 from bmssl.config import config_from_dict, load_config
 from bmssl.errors import UserError
 from bmssl.methods import get_method
@@ -86,7 +87,7 @@ def test_validate_names_the_bad_value(override: str, match: str) -> None:
 
 
 def test_fit_reports_val_acc_and_moves_both_levels() -> None:
-    trainer = BiSSLTrainer(tiny(), progress=False)
+    trainer = BiSSLTrainer.from_config(tiny(), progress=False)
     theta_p0 = flatten([p.detach().clone() for p in trainer.encoder_p.backbone.parameters()])
     theta_d0 = flatten([p.detach().clone() for p in trainer.model_d.backbone.parameters()])
     torch.testing.assert_close(theta_p0, theta_d0)  # both levels start from the pretext backbone
@@ -109,16 +110,13 @@ def test_fit_reports_val_acc_and_moves_both_levels() -> None:
 
 def test_upper_step_applies_the_implicit_gradient_with_sgd() -> None:
     cfg = tiny({"bilevel.upper_lr": 0.05, "bilevel.clip": 1e6, "bilevel.gamma": 0.3, "cg.iters": 4})
-    trainer = BiSSLTrainer(cfg, progress=False)
+    trainer = BiSSLTrainer.from_config(cfg, progress=False)
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(8, 1, 16, 16, generator=gen)
     y = torch.randint(0, 10, (8,), generator=gen)
     x1, x2 = torch.rand(8, 1, 16, 16, generator=gen), torch.rand(8, 1, 16, 16, generator=gen)
     enc, model_d = copy.deepcopy(trainer.encoder_p), copy.deepcopy(trainer.model_d)
-    expected = upper_gradients(
-        enc, model_d, x, y, x1, x2, lam=cfg.bilevel.lam, lam_damp=cfg.bilevel.lam_damp, gamma=0.3,
-        settings=CGSettings(maxiter=4, rtol=cfg.cg.rtol),
-    )  # fmt: skip
+    expected = upper_gradients(enc, model_d, (x, y), (x1, x2), cfg)
     before = [p.detach().clone() for p in trainer.model_d.parameters()]
     theta_p = [p.detach().clone() for p in trainer.encoder_p.parameters()]
     trainer.upper_step(x, y, x1, x2)
@@ -130,7 +128,7 @@ def test_upper_step_applies_the_implicit_gradient_with_sgd() -> None:
 
 
 def test_backbone_adaptation_rule() -> None:
-    trainer = BiSSLTrainer(tiny({"bilevel.adapt_alpha": 0.25}), progress=False)
+    trainer = BiSSLTrainer.from_config(tiny({"bilevel.adapt_alpha": 0.25}), progress=False)
     with torch.no_grad():
         for p in trainer.encoder_p.backbone.parameters():
             p.add_(1.0)
@@ -142,7 +140,7 @@ def test_backbone_adaptation_rule() -> None:
 
 
 def test_adaptation_happens_every_n_a_alternations(monkeypatch) -> None:
-    trainer = BiSSLTrainer(
+    trainer = BiSSLTrainer.from_config(
         tiny({"bilevel.adapt_every": 2, "bilevel.lower_steps": 0, "bilevel.upper_steps": 1}),
         progress=False,
     )
@@ -156,11 +154,11 @@ def test_adaptation_happens_every_n_a_alternations(monkeypatch) -> None:
 
 def test_resume_reproduces_an_uninterrupted_run(tmp_path: Path) -> None:
     cfg = tiny({"bilevel.alternations": 4, "eval_every": 2, "cg.warm_start": True})
-    straight = BiSSLTrainer(cfg, tmp_path / "a", progress=False)
+    straight = BiSSLTrainer.from_config(cfg, tmp_path / "a", progress=False)
     straight.fit()
-    first = BiSSLTrainer(cfg, tmp_path / "b", progress=False)
+    first = BiSSLTrainer.from_config(cfg, tmp_path / "b", progress=False)
     first.fit(max_steps=2)
-    resumed = BiSSLTrainer(cfg, tmp_path / "b", progress=False)
+    resumed = BiSSLTrainer.from_config(cfg, tmp_path / "b", progress=False)
     resumed.fit()
     assert resumed.step == 4
     for a, b in zip(
@@ -175,7 +173,7 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path: Path) -> None:
 
 def test_multilabel_downstream_set_uses_bce_and_map(monkeypatch) -> None:
     """A multi-label view of digits (label and label+1 mod 10 both positive)."""
-    import bissl.bilevel as trainer_mod
+    import bissl.stages as stages
     from bissl.batches import downstream_split
     from bmssl.data.base import ImageDataset
 
@@ -199,9 +197,11 @@ def test_multilabel_downstream_set_uses_bce_and_map(monkeypatch) -> None:
             return self.base.get_batch(idx)
 
     monkeypatch.setattr(
-        trainer_mod, "downstream_split", lambda *a, **k: MultiLabel(downstream_split(*a, **k))
+        stages, "downstream_split", lambda *a, **k: MultiLabel(downstream_split(*a, **k))
     )
-    trainer = BiSSLTrainer(tiny({"bilevel.alternations": 1, "eval_every": 1}), progress=False)
+    trainer = BiSSLTrainer.from_config(
+        tiny({"bilevel.alternations": 1, "eval_every": 1}), progress=False
+    )
     assert trainer.multilabel and trainer.train_labels.dtype == torch.float32
     metrics = trainer.fit()
     assert metrics["val_acc"] == metrics["val_map11"] and "val_map" in metrics
@@ -227,7 +227,7 @@ def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
                 "bilevel.lam_damp": 2000.0,
             }
         )
-        trainer = BiSSLTrainer(cfg, progress=False)
+        trainer = BiSSLTrainer.from_config(cfg, progress=False)
         trainer.train_step(
             0
         )  # a full alternation: DDP for the lower level, all-reduce for the upper
@@ -278,7 +278,9 @@ def test_ddp_two_processes_apply_the_all_reduced_hypergradient(tmp_path: Path) -
 
     # independent single-process answer: dense Hessian of the process-averaged pretext loss
     cfg = config_from_dict(BiSSLConfig, r0["config"])
-    ref = BiSSLTrainer(config_from_dict(BiSSLConfig, {"warmup.steps": 0}, base=cfg), progress=False)
+    ref = BiSSLTrainer.from_config(
+        config_from_dict(BiSSLConfig, {"warmup.steps": 0}, base=cfg), progress=False
+    )
     ref.encoder_p.double().load_state_dict(r0["initial"]["encoder_p"])
     ref.model_d.double().load_state_dict(r0["initial"]["model_d"])
     enc, model_d = ref.encoder_p.train(), ref.model_d.train()
@@ -326,7 +328,7 @@ def test_low_label_train_split_is_seeded_and_smaller_than_a_batch() -> None:
     other = downstream_split(config_from_dict(BiSSLConfig, {"seed": 1}, base=cfg), "train")
     assert not torch.equal(train.get_batch(range(20)), other.get_batch(range(20)))
     assert len(downstream_split(cfg, "val")) > len(train)  # val and test stay whole
-    metrics = BiSSLTrainer(cfg, progress=False).fit()
+    metrics = BiSSLTrainer.from_config(cfg, progress=False).fit()
     assert metrics["step"] == 1.0
     with pytest.raises(UserError, match="labels_per_class"):
         downstream_split(

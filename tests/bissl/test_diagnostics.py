@@ -16,8 +16,9 @@ from bissl.bilevel import BiSSLTrainer, parameter_groups
 from bissl.config import BiSSLConfig
 from bissl.curves import PANELS, plot_bissl_curves, read_rows
 from bissl.finetune import evaluate_batch_stats
-from bissl.hypergrad import CGSettings, flatten, tree_cosine, upper_gradients
 from bissl.objectives import DownstreamModel, upper_bn_mode
+from bissl.trees import flatten, tree_cosine
+from bissl.upper import upper_gradients
 from bmssl.config import config_from_dict
 from bmssl.errors import UserError
 from bmssl.nets import build_encoder
@@ -29,6 +30,11 @@ TINY = {**BILEVEL_TINY, "bilevel.alternations": 2, "eval_every": 1}
 
 def tiny(overrides: dict | None = None) -> BiSSLConfig:
     return config_from_dict(BiSSLConfig, {**TINY, **(overrides or {})})
+
+
+def _two_iterations(config: BiSSLConfig) -> BiSSLConfig:
+    """``config`` with CG run for exactly 2 iterations (no tolerance)."""
+    return config_from_dict(BiSSLConfig, {"cg.iters": 2, "cg.rtol": 0.0}, base=config)
 
 
 def _bn_layers(module: torch.nn.Module) -> list[torch.nn.modules.batchnorm._BatchNorm]:
@@ -46,7 +52,7 @@ def test_lower_lars_scales_every_tensor_like_the_public_code() -> None:
     """First LARS step (momentum buffer = the scaled update): ||Δp|| = lr·η·||p|| for every
     tensor, BN affine and biases included, whatever the gradient's size."""
     cfg = tiny({"bilevel.lower_lr": 0.7, "bilevel.lower_wd": 0.0})
-    trainer = BiSSLTrainer(cfg, progress=False)
+    trainer = BiSSLTrainer.from_config(cfg, progress=False)
     assert cfg.bilevel.lars_exclude_1d is False
     before = [p.detach().clone() for p in trainer.encoder_p.parameters()]
     trainer.lower_step()
@@ -63,7 +69,7 @@ def test_lower_lars_scales_every_tensor_like_the_public_code() -> None:
 
 def test_lars_exclude_1d_lets_bn_parameters_step_with_the_raw_lr() -> None:
     cfg = tiny({"bilevel.lower_lr": 0.7, "bilevel.lars_exclude_1d": True, "bilevel.clip": 1e9})
-    trainer = BiSSLTrainer(cfg, progress=False)
+    trainer = BiSSLTrainer.from_config(cfg, progress=False)
     before = {n: p.detach().clone() for n, p in trainer.encoder_p.named_parameters()}
     trainer.lower_step()
     bn = {n for n, m in trainer.encoder_p.named_modules() if m in _bn_layers(trainer.encoder_p)}
@@ -115,10 +121,8 @@ def test_upper_gradients_eval_mode_composite_is_the_eval_model_gradient(encoder)
     x, y = torch.rand(6, 1, 16, 16, generator=gen), torch.tensor([0, 1, 2, 0, 1, 2])
     x1, x2 = torch.rand(6, 1, 16, 16, generator=gen), torch.rand(6, 1, 16, 16, generator=gen)
     stats0 = _running(encoder)
-    got = upper_gradients(
-        encoder, model_d, x, y, x1, x2, lam=1e-3, lam_damp=50.0, gamma=0.0,
-        settings=CGSettings(maxiter=2), composite_bn="eval",
-    )  # fmt: skip
+    cfg = tiny({"bilevel.lam_damp": 50.0, "bilevel.gamma": 0.0, "bilevel.upper_bn": "eval"})
+    got = upper_gradients(encoder, model_d, (x, y), (x1, x2), _two_iterations(cfg))
     assert all(torch.equal(a, b) for a, b in zip(_running(encoder), stats0))
     bb = copy.deepcopy(encoder.backbone).eval()
     loss = F.cross_entropy(model_d.head(bb(x)), y)
@@ -164,15 +168,12 @@ def test_evaluate_batch_stats_is_a_train_mode_forward_that_moves_nothing(encoder
 
 def test_upper_step_logs_clipping_and_the_cosine_to_the_plain_gradient() -> None:
     cfg = tiny({"bilevel.clip": 1e-3, "bilevel.gamma": 0.5, "cg.check_residual": True})
-    trainer = BiSSLTrainer(cfg, progress=False)
+    trainer = BiSSLTrainer.from_config(cfg, progress=False)
     gen = torch.Generator().manual_seed(0)
     x, y = torch.rand(8, 1, 16, 16, generator=gen), torch.randint(0, 10, (8,), generator=gen)
     x1, x2 = torch.rand(8, 1, 16, 16, generator=gen), torch.rand(8, 1, 16, 16, generator=gen)
-    expected = upper_gradients(
-        copy.deepcopy(trainer.encoder_p), copy.deepcopy(trainer.model_d), x, y, x1, x2,
-        lam=cfg.bilevel.lam, lam_damp=cfg.bilevel.lam_damp, gamma=0.5,
-        settings=cfg.cg.settings(), check_residual=True,
-    )  # fmt: skip
+    enc, model_d = copy.deepcopy(trainer.encoder_p), copy.deepcopy(trainer.model_d)
+    expected = upper_gradients(enc, model_d, (x, y), (x1, x2), cfg)
     logs = trainer.upper_step(x, y, x1, x2)
     full = flatten(list(expected.backbone) + list(expected.head))
     assert logs["upper_grad_norm"] == pytest.approx(float(full.norm()), rel=1e-5)
@@ -191,7 +192,7 @@ def test_upper_step_logs_clipping_and_the_cosine_to_the_plain_gradient() -> None
 
 def test_lower_step_logs_the_proximal_gradient_share() -> None:
     cfg = tiny({"bilevel.lam": 0.5, "bilevel.clip": 1e9})
-    trainer = BiSSLTrainer(cfg, progress=False)
+    trainer = BiSSLTrainer.from_config(cfg, progress=False)
     with torch.no_grad():
         for p in trainer.model_d.backbone.parameters():
             p.add_(0.1)
@@ -224,7 +225,7 @@ def test_parameter_groups_sort_every_parameter_by_kind() -> None:
 
 
 def test_run_writes_start_accuracies_and_the_diagnostic_curves(tmp_path: Path) -> None:
-    trainer = BiSSLTrainer(tiny(), tmp_path, progress=False)
+    trainer = BiSSLTrainer.from_config(tiny(), tmp_path, progress=False)
     trainer.fit()
     rows = read_rows(tmp_path / "metrics.csv")
     assert [r["step"] for r in rows] == [1.0, 2.0]
@@ -250,11 +251,11 @@ def test_hvp_forwards_update_running_statistics_only_when_asked(encoder, backend
     got = {}
     for update in (False, True):
         enc = copy.deepcopy(encoder)
-        got[update] = upper_gradients(
-            enc, model_d, x, y, x1, x2, lam=1e-3, lam_damp=50.0, gamma=0.0,
-            settings=CGSettings(maxiter=2, backend=backend), composite_bn="frozen",  # type: ignore[arg-type]
-            hvp_updates_bn=update,
+        cfg = tiny(
+            {"bilevel.lam_damp": 50.0, "bilevel.gamma": 0.0, "bilevel.upper_bn": "frozen",
+             "cg.hvp_backend": backend, "cg.hvp_updates_bn": update}
         )  # fmt: skip
+        got[update] = upper_gradients(enc, model_d, (x, y), (x1, x2), _two_iterations(cfg))
         moved = any(not torch.equal(a, b) for a, b in zip(_running(enc), stats0))
         assert moved == update
     torch.testing.assert_close(flatten(got[True].backbone), flatten(got[False].backbone))

@@ -1,5 +1,6 @@
-"""The mathematics of bissl.hypergrad against independent answers (closed forms, dense solves,
-finite differences, a direct reimplementation of the layerwise rule)."""
+"""The hypergradient's mathematics (bissl.hvp, bissl.cg, bissl.implicit, bissl.upper) against
+independent answers (closed forms, dense solves, finite differences, a direct reimplementation of
+the layerwise rule)."""
 
 from __future__ import annotations
 
@@ -10,18 +11,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bissl.hypergrad import (
-    CGBreakdown,
-    CGSettings,
-    HessianVectorProduct,
-    conjugate_gradient,
-    damped_operator,
-    flatten,
-    implicit_gradient,
-    unflatten,
-    upper_gradients,
-)
+from bissl.cg import CGBreakdown, cg_exact, cg_layerwise, conjugate_gradient, solve_cg
+from bissl.config import BiSSLConfig
+from bissl.hvp import HessianVectorProduct, damped_operator
+from bissl.implicit import implicit_gradient
 from bissl.objectives import DownstreamModel, frozen_bn_statistics, pretext_loss_of_backbone
+from bissl.trees import flatten, unflatten
+from bissl.upper import upper_gradients
+from bmssl.config import config_from_dict
 from bmssl.errors import UserError
 from bmssl.nets import build_encoder
 
@@ -68,15 +65,22 @@ def test_implicit_gradient_matches_closed_form_on_quadratic_bilevel(lam: float) 
         return 0.5 * vec @ a @ vec - b @ vec
 
     v = unflatten(torch.func.grad(upper)(theta_star), params)
-    result = implicit_gradient(f, params, v, lam, 0.0, CGSettings(maxiter=200, rtol=1e-13))
+    result = implicit_gradient(f, params, v, lam, 0.0, solve_cg(maxiter=200, rtol=1e-13))
     got = flatten(result.x)
     assert result.converged
     assert float((got - closed).norm() / closed.norm()) < 1e-6
     # warm start from the answer needs no iteration; from nearby it needs fewer
     again = implicit_gradient(
-        f, params, v, lam, 0.0, CGSettings(maxiter=200, rtol=1e-10), x0=result.x
+        f, params, v, lam, 0.0, solve_cg(maxiter=200, rtol=1e-10), x0=result.x
     )
     assert again.iterations == 0 and again.converged
+
+
+def _config(gamma: float, lam_damp: float, **cg) -> BiSSLConfig:
+    """λ = 1e-3 and the given γ, λ_damp and ``cg_<field>`` values; CG from a zero start."""
+    cg = {"cg.rtol": 0.0, **{f"cg.{k[3:]}": v for k, v in cg.items()}}
+    values = {"bilevel.lam": 1e-3, "bilevel.gamma": gamma, "bilevel.lam_damp": lam_damp, **cg}
+    return config_from_dict(BiSSLConfig, values)
 
 
 def _tiny_encoder(bn: str = "batch", seed: int = 0):
@@ -117,7 +121,7 @@ def test_cg_equals_dense_hessian_solve_on_tiny_net(bn: str) -> None:
         # the Hessian term must matter for this to test anything
         assert float((dense - v).norm() / v.norm()) > 1e-2
         result = implicit_gradient(
-            f, params, unflatten(v, params), lam, damp, CGSettings(maxiter=n, rtol=1e-12)
+            f, params, unflatten(v, params), lam, damp, solve_cg(maxiter=n, rtol=1e-12)
         )
     assert result.converged and result.iterations < n
     assert float((flatten(result.x) - dense).norm() / dense.norm()) < 1e-8
@@ -168,11 +172,9 @@ def test_func_backend_refuses_running_statistics() -> None:
     enc = _tiny_encoder("track")
     model_d = DownstreamModel(copy.deepcopy(enc.backbone), 3).double()
     x1, x2 = _views()
+    y = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
     with pytest.raises(UserError, match="bn=batch"):
-        upper_gradients(
-            enc, model_d, x1, torch.tensor([0, 1, 2, 0, 1, 2, 0, 1]), x1, x2, lam=1e-3,
-            lam_damp=10.0, gamma=0.0, settings=CGSettings(backend="func"),
-        )  # fmt: skip
+        upper_gradients(enc, model_d, (x1, y), (x1, x2), _config(0.0, 10.0, cg_hvp_backend="func"))
 
 
 def _layerwise_reference(a: np.ndarray, b: np.ndarray, blocks: list[int], iters: int) -> np.ndarray:
@@ -294,12 +296,11 @@ def test_upper_gradients_assemble_the_bissl_formula() -> None:
     y = torch.tensor([0, 1, 2, 0, 1, 2])
     theta_p = tuple(enc.backbone.parameters())
     h = _dense_hessian(pretext_loss_of_backbone(enc, x1, x2), theta_p)
-    lam, gamma = 1e-3, 0.7
+    lam, gamma = 1e-3, 0.7  # λ as _config's
     damp = max(10.0, 2.0 * float(-torch.linalg.eigvalsh(h).min()))  # a positive definite system
     got = upper_gradients(
-        enc, model_d, x, y, x1, x2, lam=lam, lam_damp=damp, gamma=gamma,
-        settings=CGSettings(maxiter=500, rtol=1e-12),
-    )  # fmt: skip
+        enc, model_d, (x, y), (x1, x2), _config(gamma, damp, cg_iters=500, cg_rtol=1e-12)
+    )
     assert got.cg.converged
     head = tuple(model_d.head.parameters())
     theta_d = tuple(model_d.backbone.parameters())
@@ -317,3 +318,20 @@ def test_upper_gradients_assemble_the_bissl_formula() -> None:
         flatten(got.head), g_head_a + gamma * g_head_b, rtol=1e-9, atol=1e-12
     )
     assert set(got.losses) == {"upper_loss", "classic_loss"}
+
+
+def test_each_rule_is_one_function_behind_the_solver() -> None:
+    """The two iteration rules are separate functions; ``solve_cg`` and ``conjugate_gradient``
+    dispatch to them by mode and give the same answer as calling them directly."""
+    gen = torch.Generator().manual_seed(14)
+    a = _spd(5, 0.5, 3.0, gen)
+    b = (torch.randn(5, generator=gen, dtype=torch.float64),)
+    mv = lambda d: (a @ d[0],)  # noqa: E731
+    zero = (torch.zeros(5, dtype=torch.float64),)
+    for mode, rule in (("exact", cg_exact), ("layerwise", cg_layerwise)):
+        direct = rule(mv, zero, b, 3, 0.0)
+        solved = solve_cg(mode, maxiter=3)(mv, b, None)
+        assert direct.iterations == solved.iterations == 3
+        assert torch.equal(direct.x[0], solved.x[0]) and direct.residuals == solved.residuals
+    with pytest.raises(UserError, match="cg mode"):
+        solve_cg("diagonal")

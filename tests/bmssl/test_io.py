@@ -308,7 +308,7 @@ def test_bad_checkpoint_files_raise_checkpoint_error(tmp_path, content, reason):
     with pytest.raises(CheckpointError) as info:
         load_checkpoint(path)
     message = _assert_one_line(info.value, path)
-    assert reason in message and "delete it or rerun with --fresh" in message
+    assert reason in message and "delete it to start over, or use another --out" in message
     assert isinstance(info.value, UserError)
 
 

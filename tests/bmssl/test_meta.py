@@ -127,8 +127,10 @@ def test_backends_give_the_same_meta_gradient(bn, first_order):
     batch = _batch()
     ref = _grads(model, batch, backend="higher", first_order=first_order)
     assert max(g.abs().max() for g in ref.grads.values()) > 1e-4  # not vacuous
-    for vmap in (False, True):
-        out = _grads(model, batch, backend="func", vmap=vmap, first_order=first_order)
+    variants = [dict(backend="func", vmap=False), dict(backend="func", vmap=True)]
+    variants += [dict(backend="func", task_chunk=1), dict(backend="autograd")]
+    for variant in variants:
+        out = _grads(model, batch, first_order=first_order, **variant)
         # The issue asks for 1e-5; float64 gives far better, so hold it to that.
         _assert_grads_close(out.grads, ref.grads, atol=1e-9, rtol=1e-6)
         torch.testing.assert_close(out.loss, ref.loss)
@@ -191,7 +193,7 @@ def test_first_order_is_the_gradient_at_theta_l():
     assert any(not torch.allclose(so[n], fo[n]) for n in so)
 
 
-@pytest.mark.parametrize("backend", ["func", "higher"])
+@pytest.mark.parametrize("backend", ["func", "higher", "autograd"])
 def test_delta_zero_is_the_plain_query_loss_gradient(backend):
     model = _conv4("batch")
     batch = _batch()
@@ -249,6 +251,7 @@ def test_bootstrap_changes_the_gradient():
         ({"k_support": 1}, "k_support"),
         ({"inner_loss": "ntxent", "k_support": 3}, "k_support=2"),
         ({"num_train_images": 3}, "num_train_images"),
+        ({"task_chunk": -1}, "task_chunk"),
     ],
 )
 def test_config_rejects_bad_values(bad, match):
@@ -287,7 +290,7 @@ TINY = dict(
 )  # fmt: skip
 
 
-@pytest.mark.parametrize("backend", ["func", "higher"])
+@pytest.mark.parametrize("backend", ["func", "higher", "autograd"])
 def test_resume_equals_uninterrupted(tmp_path, backend):
     cfg = BMSSLConfig(steps=4, eval_every=2, backend=backend, **TINY)
     full = BMSSLTrainer(cfg, tmp_path / "full", progress=False)

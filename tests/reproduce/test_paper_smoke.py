@@ -15,6 +15,9 @@ import numpy as np
 import pytest
 import torch
 
+from bissl.budget import baseline_pretext_steps
+from bissl.config import BiSSLConfig
+from bmssl.config import config_from_dict
 from reproduce.profiles import BiSSLTableProfile, Table1Profile, load_profile, profile_mapping
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -74,8 +77,8 @@ def test_bissl_smoke_is_the_paper_profile_with_budgets_only() -> None:
     assert smoke.datasets == paper.datasets and len(paper.datasets) == 14
     assert (smoke.methods, smoke.metrics, smoke.preset) == (paper.methods, paper.metrics, "paper")
     for dataset in paper.datasets:
-        a = cell_config(BiSSLTablePlan(paper, [], [], {}, [], Path()), dataset, 0)
-        b = cell_config(BiSSLTablePlan(smoke, [], [], {}, [], Path()), dataset, 0)
+        a = cell_config(BiSSLTablePlan(paper, Path(), [], [], {}, []), dataset, 0)
+        b = cell_config(BiSSLTablePlan(smoke, Path(), [], [], {}, []), dataset, 0)
         assert differing(a, b) <= BISSL_BUDGET, dataset
         assert (b.pretext.backbone, b.image_size) == ("resnet18", 96)
 
@@ -126,11 +129,13 @@ def test_one_embedding_per_job_scores_as_per_cell_evaluation() -> None:
             assert np.array_equal(direct.accuracies, shared.accuracies)
 
 
-def run_smoke(script: str, out: Path) -> tuple[subprocess.CompletedProcess[str], float]:
+def run_smoke(
+    script: str, out: Path, *extra: str
+) -> tuple[subprocess.CompletedProcess[str], float]:
     started = time.perf_counter()
     done = subprocess.run(
         [sys.executable, str(ROOT / "reproduce" / script), "--profile", "paper-smoke", "--out",
-         str(out), "--quiet"],
+         str(out), "--quiet", *extra],
         cwd=out.parent, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
@@ -167,8 +172,10 @@ def test_table1_paper_smoke_runs_every_row_and_column(tmp_path: Path) -> None:
     for method in ("simclr", "protonet", "bmssl", "meta-ssl", "bmssl-fo"):
         for dataset, size in (("omniglot", 28), ("miniimagenet", 84)):
             run = base / "runs" / method / dataset / "seed0"
-            # keep_checkpoints: false: the weights went once the cell was stored, records stay.
-            assert (run / "metrics.csv").is_file() and not list(run.rglob("*.pt")), run
+            # keep_checkpoints: false: the weights went once the cell was stored, records and
+            # the exported backbone (which the cross-domain table reuses) stay.
+            assert (run / "metrics.csv").is_file(), run
+            assert [p.name for p in run.rglob("*.pt")] == ["backbone.pt"], run
             config = json.loads((base / "cells" / f"{method}__{dataset}__seed0.json").read_text())[
                 "config"
             ]
@@ -177,6 +184,39 @@ def test_table1_paper_smoke_runs_every_row_and_column(tmp_path: Path) -> None:
             assert config["steps"] == 2 and config["dataset"] == dataset
             assert config["data_root"].startswith(str(data_dir))
     print(f"table1 paper-smoke: {seconds:.0f} s")
+    crossdomain_smoke_reuses_the_models(out, base)
+
+
+def crossdomain_smoke_reuses_the_models(table1_out: Path, table1_base: Path) -> None:
+    """The cross-domain paper-smoke profile: every target and cell of the paper profile, read
+    from tiny copies in each target's real layout, scoring Table 1's paper-smoke models without
+    training any of them again."""
+    from reproduce.profiles import CrossDomainProfile, parse_cells
+
+    stamps = {p: p.stat().st_mtime_ns for p in (table1_base / "runs").rglob("backbone.pt")}
+    assert len(stamps) == 10  # five trained methods × Omniglot and miniImageNet
+    out = table1_out.parent / "crossdomain"
+    done, seconds = run_smoke("crossdomain.py", out, "--models", str(table1_out))
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # nothing retrained
+    paper = load_profile(CrossDomainProfile, "crossdomain", "paper")
+    data = json.loads((out / "paper-smoke" / "crossdomain.json").read_text())
+    columns = [
+        f"{t} {n}w{k}s" for t, o in paper.targets.items() for n, k in parse_cells(o["cells"], t)
+    ]
+    assert data["columns"] == columns and len(columns) == 20
+    for label in data["rows"]:
+        finite_cells(data["rows"][label], columns)
+    layouts = {
+        "eurosat": "2750", "cropdiseases": "dataset/train", "isic2018":
+        "ISIC2018_Task3_Training_GroundTruth/ISIC2018_Task3_Training_GroundTruth.csv",
+        "chestx": "Data_Entry_2017.csv", "cub-fs": "CUB_200_2011/images",
+        "cars-fs": "devkit/cars_train_annos.mat", "places": "places365_standard/train",
+        "plantae": "Plantae",
+    }  # fmt: skip
+    for target, inner in layouts.items():
+        (root,) = (out / "paper-smoke" / "smoke-data").glob(f"{target}-*")
+        assert (root / inner).exists(), target
+    print(f"crossdomain paper-smoke (models reused): {seconds:.0f} s")
 
 
 def test_bissl_paper_smoke_runs_every_dataset_and_stage(tmp_path: Path) -> None:
@@ -207,7 +247,11 @@ def test_bissl_paper_smoke_runs_every_dataset_and_stage(tmp_path: Path) -> None:
         assert (base / "runs" / dataset / "bissl" / "seed0" / "bissl" / "curves.png").is_file()
         # keep_checkpoints: false: each cell's weights went once it was stored.
         assert not list((base / "runs" / dataset).rglob("*.pt")), dataset
-        assert json.loads(baseline.read_text())["metrics"]["pretext_steps"] == 4
+        # the baseline trains on BiSSL's image-views (bissl/budget.py), in SimCLR steps
+        config = config_from_dict(BiSSLConfig, bissl["config"])
+        assert json.loads(baseline.read_text())["metrics"]["pretext_steps"] == (
+            baseline_pretext_steps(config)
+        )
     assert len(list((base / "pretext").glob("pretext-*.pt"))) == 2  # BiSSL's and the baseline's
     # 14 sets of ResNet-18 checkpoints took 8 GB before best.pt became a link and cells pruned.
     inodes = {f.stat().st_ino: f.stat().st_size for f in base.rglob("*") if f.is_file()}

@@ -54,7 +54,13 @@ def test_table1_end_to_end_and_cached_rerun(tmp_path, profile):
     assert (out / "tiny" / "table1.csv").read_text().startswith("method,digits 5w1s,digits 5w5s")
     for name in ("table1.tex", "accuracy_vs_shots.png", "learning_curves.png"):
         assert (out / "tiny" / name).is_file(), name
-    assert "budget" in first.stdout and "paired 95% hierarchical bootstrap" in first.stdout
+    assert "budget" in first.stdout and "paired t-test across seeds, Holm-adjusted" in first.stdout
+    assert "Power (2 seeds, vs SimCLR" in first.stdout
+    claims = json.loads((out / "tiny" / "claims.json").read_text())
+    assert claims["table"] == "table1" and claims["claims"] == []  # no BMSSL row: no claim
+    # the trained model is exported beside its checkpoints, for the tables that reuse it
+    simclr_run = out / "tiny" / "runs" / "simclr" / "digits" / "seed0"
+    assert (simclr_run / "backbone.pt").is_file() and (simclr_run / "model.json").is_file()
     assert (
         out / "tiny" / "runs" / "simclr" / "digits" / "seed0" / "checkpoints" / "last.pt"
     ).is_file()

@@ -47,9 +47,7 @@ def test_markdown_marks_bold_and_legend():
     assert "| 75.00 ± 0.50 |" in md  # an empty mark shows nothing
     assert md.count("**") == 2 + 2 + 2  # title, the bold cell, the legend's "Bold"
     legend = lines[-1]
-    assert (
-        "SimCLR" in legend and "paired 95% hierarchical bootstrap interval excludes zero" in legend
-    )
+    assert "SimCLR" in legend and "paired t-test across seeds" in legend
     assert "▲/▼" in legend and "every other row" in legend
     # Every table row has as many cells as the header.
     assert {line.count("|") for line in lines if line.startswith("|")} == {header.count("|")}

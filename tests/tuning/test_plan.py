@@ -139,6 +139,15 @@ def test_plan_round_trips_through_json_and_names_what_a_resume_changes():
     ]
 
 
+def test_a_runner_method_is_scheduled_fifo_and_described_by_its_method():
+    """A trial of a method trained by a runner reports its metric once, at its end."""
+    plan = make_plan(SearchRequest("bissl-finetune", "finetune-lr-wd", overrides=dict(TINY_BISSL)))
+    assert plan.method.kind == "runner" and plan.scheduler == "fifo"
+    assert "at the end of each trial" in plan.metric_description
+    with pytest.raises(UserError, match="asha cannot be used"):
+        make_plan(SearchRequest("bissl-finetune", "finetune-lr-wd", scheduler="asha"))
+
+
 def test_tune_metrics_keeps_finite_numbers_and_needs_val_acc():
     out = tune_metrics({"val_acc": 50.0, "loss": float("nan"), "note": "x", "step": 3.0}, 3)
     assert out == {"val_acc": 50.0, "step": 3}

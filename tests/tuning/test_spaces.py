@@ -117,3 +117,28 @@ def test_axis_round_trips_through_json():
         axis.scale,
         axis.title,
     )
+
+
+def test_register_space_adds_a_space_every_look_up_sees():
+    space = sp.Space(
+        "toy-steps", "a test space", ("steps",), lambda b: [sp.Axis("steps", (1, 2))], ("toy",)
+    )
+    try:
+        assert sp.register_space(space) is space and sp.register_space(space) is space
+        register_toy()
+        assert sp.get_space("toy-steps") is space and space in sp.list_spaces()
+        assert [m.name for m in space.applicable_methods()] == ["toy"]
+        with pytest.raises(ValueError, match="already registered"):
+            sp.register_space(sp.Space("toy-steps", "another", ("steps",), space.build))
+    finally:
+        sp.SPACES.pop("toy-steps", None)
+
+
+def test_spaces_ask_a_method_how_it_trains():
+    """A final stage needs one trainer run; an untrained method has nothing to search."""
+    assert get_method("bissl").kind == "trainer" and get_method("random").kind == "untrained"
+    finetune_only = get_method("bissl-finetune")
+    assert finetune_only.kind == "runner"
+    with pytest.raises(UserError, match="not one trainer run|applies to: bissl"):
+        sp.get_space("bissl-lambda-gamma").check_method(finetune_only)
+    assert sp.get_space("bissl-lambda-gamma").finish == "bissl.pipeline:finetune_lower_backbone"

@@ -171,7 +171,9 @@ def image_files(
     if bad:
         raise request.error(f"label {bad[0]} outside its {len(classes)} classes")
     dataset = FileImageDataset(paths, targets, classes, image_size=request.image_size)
-    if request.skip_corrupt:
+    from bmssl.data.images import skip_corrupt_requested
+
+    if request.skip_corrupt or skip_corrupt_requested():
         return Parts(*drop_unreadable(dataset, part, f"dataset {request.name!r}"))
     return Parts(dataset, part)
 

@@ -158,7 +158,7 @@ def _cifar(root: Path | None, request: Request, layout: CifarLayout) -> Parts:
 @downstream_set(
     "cifar10",
     "Run torchvision.datasets.CIFAR10(ROOT, download=True) once on a machine with internet, then "
-    "pass root=ROOT (it holds cifar-10-batches-py/ with data_batch_1..5, test_batch, batches.meta).",
+    "set data_root=ROOT (it holds cifar-10-batches-py/ with data_batch_1..5, test_batch, batches.meta).",
     image_size=32,
     fewshot=False,
 )
@@ -170,7 +170,7 @@ def cifar10(root: Path | None, request: Request, **_: Any) -> Parts:
 @downstream_set(
     "cifar100",
     "Run torchvision.datasets.CIFAR100(ROOT, download=True) once on a machine with internet, then "
-    "pass root=ROOT (it holds cifar-100-python/ with train, test, meta).",
+    "set data_root=ROOT (it holds cifar-100-python/ with train, test, meta).",
     image_size=32,
 )
 def cifar100(root: Path | None, request: Request, **_: Any) -> Parts:
@@ -204,7 +204,7 @@ def _stl10_arrays(base: Path) -> Arrays:
 @downstream_set(
     "stl10",
     "Run torchvision.datasets.STL10(ROOT, split='train', download=True) once on a machine with "
-    "internet, then pass root=ROOT (it holds stl10_binary/{train,test}_{X,y}.bin and class_names.txt).",
+    "internet, then set data_root=ROOT (it holds stl10_binary/{train,test}_{X,y}.bin and class_names.txt).",
     image_size=96,
     fewshot=False,
 )
@@ -224,7 +224,7 @@ def stl10(root: Path | None, request: Request, **_: Any) -> Parts:
 @downstream_set(
     "fashionmnist",
     "Run torchvision.datasets.FashionMNIST(ROOT, download=True) once on a machine with internet, then "
-    "pass root=ROOT (it holds FashionMNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte).",
+    "set data_root=ROOT (it holds FashionMNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte).",
     image_size=28,
     fewshot=False,
 )

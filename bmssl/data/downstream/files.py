@@ -64,7 +64,7 @@ FLOWERS_SETS = {"train": "trnid", "val": "valid", "test": "tstid"}  # setid.mat'
 @downstream_set(
     "flowers102",
     "Run torchvision.datasets.Flowers102(ROOT, download=True) once on a machine with internet, then "
-    "pass root=ROOT (it holds flowers-102/jpg/image_00001.jpg..., imagelabels.mat and setid.mat).",
+    "set data_root=ROOT (it holds flowers-102/jpg/image_00001.jpg..., imagelabels.mat and setid.mat).",
 )
 def flowers102(root: Path | None, request: Request, **_: Any) -> Parts:
     """Oxford Flowers-102: official train / val / test from ``setid.mat``.
@@ -94,7 +94,7 @@ def flowers102(root: Path | None, request: Request, **_: Any) -> Parts:
 @downstream_set(
     "pets",
     "Run torchvision.datasets.OxfordIIITPet(ROOT, download=True) once on a machine with internet, "
-    "then pass root=ROOT (it holds oxford-iiit-pet/images/*.jpg and "
+    "then set data_root=ROOT (it holds oxford-iiit-pet/images/*.jpg and "
     "oxford-iiit-pet/annotations/{trainval,test}.txt).",
 )
 def pets(root: Path | None, request: Request, **_: Any) -> Parts:
@@ -117,7 +117,7 @@ def pets(root: Path | None, request: Request, **_: Any) -> Parts:
     "torchvision.datasets.StanfordCars can no longer download (the original URL is gone): get the "
     "files from a mirror (e.g. Kaggle 'stanford-cars-dataset' plus cars_test_annos_withlabels.mat) and "
     "lay them out as ROOT/stanford_cars/{cars_train/, cars_test/, devkit/cars_meta.mat, "
-    "devkit/cars_train_annos.mat, cars_test_annos_withlabels.mat}; then pass root=ROOT.",
+    "devkit/cars_train_annos.mat, cars_test_annos_withlabels.mat}; then set data_root=ROOT.",
 )
 def cars(root: Path | None, request: Request, **_: Any) -> Parts:
     """Stanford Cars (196 models): official train / test (+ carved val)."""
@@ -147,7 +147,7 @@ AIRCRAFT_LEVELS = {
 @downstream_set(
     "aircraft",
     "Run torchvision.datasets.FGVCAircraft(ROOT, download=True) once on a machine with internet, "
-    "then pass root=ROOT (it holds fgvc-aircraft-2013b/data/images/, variants.txt and "
+    "then set data_root=ROOT (it holds fgvc-aircraft-2013b/data/images/, variants.txt and "
     "images_variant_{train,val,test}.txt).",
 )
 def aircraft(
@@ -197,7 +197,7 @@ def food101(root: Path | None, request: Request, **_: Any) -> Parts:
     "Run torchvision.datasets.SUN397(ROOT, download=True) once on a machine with internet (ROOT/SUN397 "
     "holds ClassName.txt and a/abbey/sun_*.jpg ...); for the standard split also unzip the official "
     "Partitions.zip (vision.princeton.edu/projects/2010/SUN/download/) into ROOT/SUN397/Partitions/; "
-    "then pass root=ROOT.",
+    "then set data_root=ROOT.",
 )
 def sun397(root: Path | None, request: Request, partition: int = 1, **_: Any) -> Parts:
     """SUN397 (397 scenes): the official ``partition`` (1-10, from ``Partitions/``) when present,
@@ -237,7 +237,7 @@ def sun397(root: Path | None, request: Request, partition: int = 1, **_: Any) ->
 @downstream_set(
     "caltech101",
     "Run torchvision.datasets.Caltech101(ROOT, download=True) once on a machine with internet, then "
-    "pass root=ROOT (it holds caltech101/101_ObjectCategories/<class>/image_0001.jpg ..., "
+    "set data_root=ROOT (it holds caltech101/101_ObjectCategories/<class>/image_0001.jpg ..., "
     "BACKGROUND_Google included; it is left out as torchvision does).",
 )
 def caltech101(root: Path | None, request: Request, train_per_class: int = 30, **_: Any) -> Parts:

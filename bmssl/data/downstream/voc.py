@@ -124,7 +124,7 @@ def _image_set(
 @downstream_set(
     "voc2007",
     "Run torchvision.datasets.VOCDetection(ROOT, year='2007', image_set='trainval', download=True) and "
-    "the same with image_set='test' once on a machine with internet, then pass root=ROOT (it holds "
+    "the same with image_set='test' once on a machine with internet, then set data_root=ROOT (it holds "
     "VOCdevkit/VOC2007/{JPEGImages, Annotations, ImageSets/Main/trainval.txt, test.txt}).",
     fewshot=False,
 )
