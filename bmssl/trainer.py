@@ -34,134 +34,42 @@ with ``data_parallel = True`` splits each step's global batch across them. Only 
 
 Contract for searches (``tuning``): metrics always carry ``"val_acc"`` (higher is better) and
 ``"step"``.
+
+Beside this loop driver: :mod:`bmssl.devices`, :mod:`bmssl.run_record` (``metrics.csv`` rows) and
+:mod:`bmssl.run_session` (``provenance.json``, trackers); their names are importable from here.
 """
 
 from __future__ import annotations
 
-import contextlib
-import csv
-import dataclasses
-import io
 import math
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from bmssl import distributed
 from bmssl.checkpoints import load_checkpoint, save_checkpoint, seed_everything
+from bmssl.devices import resolve_device
 from bmssl.errors import NonFiniteLossError, UserError
-from bmssl.io import atomic_link, write_json, write_text
+from bmssl.io import atomic_link
 from bmssl.precision import configure_device
+from bmssl.run_record import (  # noqa: F401 (the file names re-exported)
+    PROVENANCE_FILE,
+    RECORD_FILES,
+    RunRecord,
+    write_record_files,
+)
+from bmssl.run_session import (  # noqa: F401 (tracking_of re-exported)
+    end_provenance,
+    start_tracker,
+    tracking_of,
+    write_provenance,
+)
 
 DEFAULT_LOG_EVERY = 10
-
-
-def resolve_device(name: str) -> torch.device:
-    """``"auto"`` (CUDA when available, else CPU), ``"cpu"`` or ``"cuda[:N]"``.
-
-    Under ``torchrun`` (``LOCAL_RANK`` set) ``auto`` and ``cuda`` are ``cuda:LOCAL_RANK``, one GPU
-    per process; ``cuda:N`` with several processes is refused (they would share one GPU).
-    """
-    if name == "auto":
-        if not torch.cuda.is_available():
-            return torch.device("cpu")
-        name = "cuda"
-    if name != "cpu" and not name.startswith("cuda"):
-        raise UserError(f"device={name!r} is not supported; use auto, cpu or cuda[:N]")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device={name!r} was asked for but CUDA is not available; use device=cpu")
-    local = distributed.local_rank()
-    if name == "cuda" and local is not None:
-        visible = torch.cuda.device_count()
-        if local >= visible:
-            raise UserError(
-                f"LOCAL_RANK={local} but only {visible} GPU(s) are visible; launch at most "
-                f"--nproc_per_node {visible}"
-            )
-        return torch.device("cuda", local)
-    world = distributed.launched_world()
-    if name.startswith("cuda:") and world > 1:
-        raise UserError(
-            f"device={name} would put all {world} torchrun processes on one GPU; use "
-            "device=auto or device=cuda (process r trains on cuda:LOCAL_RANK)"
-        )
-    return torch.device(name)
-
-
 EvalCallback = Callable[[int, dict[str, float], "Path | None"], None]
-
-
-class RunRecord:
-    """Averaged training logs per interval, as rows for ``metrics.csv`` (and TensorBoard)."""
-
-    def __init__(self) -> None:
-        self.rows: list[dict[str, float]] = []
-        self._sums: dict[str, float] = {}
-        self._count = 0
-
-    def add(self, logs: dict[str, float]) -> None:
-        for key, value in logs.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                self._sums[key] = self._sums.get(key, 0.0) + float(value)
-        self._count += 1
-
-    def close_interval(self, step: int, extra: dict[str, float] | None = None) -> dict[str, float]:
-        """Row of the means since the last row (plus ``extra``, e.g. validation metrics)."""
-        row = {"step": float(step)}
-        row.update({k: v / max(1, self._count) for k, v in self._sums.items()})
-        row.update(extra or {})
-        self.rows.append(row)
-        self._sums, self._count = {}, 0
-        return row
-
-    @property
-    def pending(self) -> bool:
-        return self._count > 0
-
-    def csv_text(self) -> str:
-        columns: list[str] = []
-        for row in self.rows:
-            columns += [k for k in row if k not in columns]
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=columns, restval="")
-        writer.writeheader()
-        writer.writerows(self.rows)
-        return buffer.getvalue()
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"rows": self.rows, "sums": self._sums, "count": self._count}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.rows = [dict(r) for r in state.get("rows", [])]
-        self._sums = dict(state.get("sums", {}))
-        self._count = int(state.get("count", 0))
-
-
-#: the run folder's provenance record (:mod:`bmssl.provenance`)
-PROVENANCE_FILE = "provenance.json"
-#: the small record files a tracker stores as artefacts
-RECORD_FILES = ("metrics.csv", "history.json", PROVENANCE_FILE)
-
-
-def _config_dict(config: Any) -> dict[str, Any] | None:
-    """A dataclass config as a dict (None for anything else)."""
-    if dataclasses.is_dataclass(config) and not isinstance(config, type):
-        return dataclasses.asdict(config)
-    return None
-
-
-def tracking_of(config: Any) -> tuple[str, str | None]:
-    """``(tracker, tracking_uri)`` of a config: its own fields, else its ``pretext`` section's
-    (BiSSL's run config), else no tracker."""
-    for source in (config, getattr(config, "pretext", None)):
-        kind = getattr(source, "tracker", None)
-        if kind is not None:
-            return str(kind), getattr(source, "tracking_uri", None)
-    return "none", None
 
 
 class Trainer:
@@ -388,64 +296,16 @@ class Trainer:
             tracker.log_metrics({k: v for k, v in row.items() if k != "step"}, self.step)
 
     def _start_tracker(self) -> Any:
-        """The tracker ``config.tracker`` names (:mod:`bmssl.tracking`), with the resolved
-        config logged as its parameters; None for ``none``."""
-        from bmssl import provenance, tracking
-
-        kind, uri = tracking_of(self.config)
-        if kind == "none":
-            return None
-        with provenance.preserved_rng():
-            tracker = tracking.make_tracker(
-                kind, self.out_dir, experiment=self.method,
-                run_name=tracking.run_name_of(self.out_dir, self.method), uri=uri,
-            )  # fmt: skip
-            config = _config_dict(self.config)
-            if config is not None:
-                tracker.log_params(config)
-            tracker.log_artifacts([self.out_dir / PROVENANCE_FILE])  # type: ignore[operator]
-        return tracker
+        """The tracker ``config.tracker`` names (:func:`bmssl.run_session.start_tracker`)."""
+        return start_tracker(self.config, self.out_dir, self.method)  # type: ignore[arg-type]
 
     def _write_provenance(self) -> str:
-        """Write ``provenance.json`` at the run's first start (a resume keeps it); return the
-        session's start time."""
-        from bmssl import provenance
-
-        started_at = provenance.now_utc()
-        path = self.out_dir / PROVENANCE_FILE  # type: ignore[operator]
-        if path.is_file():
-            return started_at
-        with provenance.preserved_rng():
-            refs = provenance.dataset_refs(self.config)
-            config = _config_dict(self.config)
-            record = provenance.collect(
-                datasets=provenance.fingerprint_datasets(refs), configs=config,
-                started_at=started_at, method=self.method, run_dir=str(self.out_dir), sessions=[],
-            )  # fmt: skip
-        write_json(path, record)
-        return started_at
+        """:func:`bmssl.run_session.write_provenance`: the session's start time."""
+        return write_provenance(self.config, self.out_dir, self.method)  # type: ignore[arg-type]
 
     def _end_provenance(self, started_at: str, first: int, wall: float, status: str) -> None:
-        """Append this ``fit`` session (steps, wall time, status, the code it ran) to
-        ``provenance.json``; the record's ``wall_time_s`` sums the sessions."""
-        import json
-
-        from bmssl import provenance
-
-        path = self.out_dir / PROVENANCE_FILE  # type: ignore[operator]
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, ValueError):
-            return
-        code = provenance.code_state()
-        record.setdefault("sessions", []).append({
-            "started_at": started_at, "ended_at": provenance.now_utc(), "steps": [first, self.step],
-            "wall_time_s": round(wall, 3), "status": status.lower(), "commit": code["commit"],
-            "dirty": code["dirty"], "diff_sha256": code["diff_sha256"],
-        })  # fmt: skip
-        record["wall_time_s"] = round(sum(s["wall_time_s"] for s in record["sessions"]), 3)
-        with contextlib.suppress(OSError):
-            write_json(path, record)
+        """Append this ``fit`` session to ``provenance.json`` (:mod:`bmssl.run_session`)."""
+        end_provenance(self.out_dir, started_at, first, self.step, wall, status)  # type: ignore[arg-type]
 
     def _save_all(self, metrics: dict[str, float]) -> Path | None:
         if self.out_dir is None:
@@ -461,13 +321,7 @@ class Trainer:
             atomic_link(path, self.best_path)  # type: ignore[arg-type]
         if not self.is_main:
             return path
-        write_json(self.out_dir / "history.json", self.history)
-        # Written with each checkpoint, not each row: rewriting the whole file every log_every
-        # steps costs O(rows²) over a long run, and the rows after the last checkpoint are
-        # replayed by a resume anyway.
-        write_text(self.out_dir / "metrics.csv", self.record.csv_text())
-        if self.tracker is not None:
-            self.tracker.log_artifacts([self.out_dir / name for name in RECORD_FILES])
+        write_record_files(self.out_dir, self.history, self.record, self.tracker)
         return path
 
 

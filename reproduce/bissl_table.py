@@ -192,17 +192,8 @@ class BiSSLTable(TableSpec):
     name = "bissl_table"
     run = staticmethod(run_bissl_job)
 
-    def build_parser(self) -> argparse.ArgumentParser:
-        return build_parser()
-
-    def plan(self, args: argparse.Namespace) -> BiSSLTablePlan:
-        return plan_bissl_table(args)
-
-    def before_run(self, plan: BiSSLTablePlan) -> None:
-        if plan.profile.threads:
-            import torch
-
-            torch.set_num_threads(plan.profile.threads)
+    build_parser = staticmethod(build_parser)
+    plan = staticmethod(plan_bissl_table)
 
     def jobs(self, plan: BiSSLTablePlan, fresh: bool, progress: bool) -> list[BiSSLJob]:
         return [

@@ -257,17 +257,8 @@ class CrossDomain(TableSpec):
     name = "crossdomain"
     run = staticmethod(run_fewshot_job)
 
-    def build_parser(self) -> argparse.ArgumentParser:
-        return build_parser()
-
-    def plan(self, args: argparse.Namespace) -> CrossDomainPlan:
-        return plan_crossdomain(args)
-
-    def before_run(self, plan: CrossDomainPlan) -> None:
-        if plan.profile.threads:
-            import torch
-
-            torch.set_num_threads(plan.profile.threads)
+    build_parser = staticmethod(build_parser)
+    plan = staticmethod(plan_crossdomain)
 
     def jobs(self, plan: CrossDomainPlan, fresh: bool, progress: bool) -> list[FewShotJob]:
         keys = [(m, s) for m in plan.methods for s in plan.seeds]

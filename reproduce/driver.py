@@ -98,8 +98,13 @@ class TableSpec(ABC):
     def assemble(self, plan: Any, cells: Cells, elapsed: float) -> Table:
         """Build and write the table (and its figures) from every cell; return it."""
 
-    def before_run(self, plan: Any) -> None:  # noqa: B027 - optional hook
-        """Called once the plan holds, before any job runs (e.g. torch threads)."""
+    def before_run(self, plan: Any) -> None:
+        """Called once the plan holds, before any job runs: the profile's torch threads."""
+        threads = getattr(plan.profile, "threads", None)
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
 
 
 def missing_jobs(jobs: Sequence[Any], cache: CellCache, fresh: bool) -> list[Any]:
@@ -194,7 +199,11 @@ def provenance_of(
         command={"table": spec.name, "argv": command, "cwd": os.getcwd()},
         started_at=started_at,
         wall_time_s=elapsed,
-        profile=dataclasses.asdict(profile) if dataclasses.is_dataclass(profile) else None,
+        profile=(
+            dataclasses.asdict(profile)
+            if dataclasses.is_dataclass(profile) and not isinstance(profile, type)
+            else None
+        ),
     )
 
 
@@ -228,7 +237,7 @@ def describe(job: Any) -> str:
     return f"{ref.row} on {ref.column.replace('__', ', ')}"
 
 
-def table_main(spec: TableSpec) -> Callable[[Sequence[str] | None], Table]:
+def table_main(spec: TableSpec) -> Callable[..., Table]:
     """``main(argv)`` of a table script: :func:`run_table` behind the one error handler."""
 
     @cli_entry

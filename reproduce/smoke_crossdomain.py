@@ -105,7 +105,7 @@ def build_cub_fs(root: Path, rng: np.random.Generator, needs: Any = None) -> Non
 def build_cars_fs(root: Path, rng: np.random.Generator, needs: Any = None) -> None:
     """``cars_train/<NNNNN>.jpg`` with ``devkit/cars_train_annos.mat`` and ``cars_meta.mat``."""
     fields = ["bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2", "class", "fname"]
-    rows = []
+    rows: list[tuple[Any, ...]] = []
     for c, count in enumerate(_tseng_counts(needs)):
         for _ in range(count):
             fname = f"{len(rows) + 1:05d}.jpg"

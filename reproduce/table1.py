@@ -206,17 +206,8 @@ class Table1(TableSpec):
     name = "table1"
     run = staticmethod(run_fewshot_job)
 
-    def build_parser(self) -> argparse.ArgumentParser:
-        return build_parser()
-
-    def plan(self, args: argparse.Namespace) -> Table1Plan:
-        return plan_table1(args)
-
-    def before_run(self, plan: Table1Plan) -> None:
-        if plan.profile.threads:
-            import torch
-
-            torch.set_num_threads(plan.profile.threads)
+    build_parser = staticmethod(build_parser)
+    plan = staticmethod(plan_table1)
 
     def jobs(self, plan: Table1Plan, fresh: bool, progress: bool) -> list[FewShotJob]:
         keys = [(m, d, s) for m in plan.methods for d in plan.datasets for s in plan.profile.seeds]
