@@ -39,9 +39,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bissl.batches import load_downstream  # noqa: E402
 from bissl.cg import conjugate_gradient  # noqa: E402
 from bissl.config import BiSSLConfig  # noqa: E402
+from bissl.downstream import load_downstream  # noqa: E402
 from bissl.hvp import HessianVectorProduct, damped_operator  # noqa: E402
 from bissl.objectives import (  # noqa: E402
     DownstreamModel,

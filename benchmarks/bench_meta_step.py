@@ -88,7 +88,7 @@ def timed(
 
 def simclr_step(encoder: torch.nn.Module, batch: TaskBatch) -> Callable[[], object]:
     """NT-Xent on support views 0 and 1 of the batch's B·N images (forward + backward)."""
-    n, k = batch.n_way, batch.k_support
+    n, k = batch.task_images, batch.support_views
     views = batch.support.reshape(len(batch), n, k, *batch.support.shape[2:])
     v1 = views[:, :, 0].reshape(-1, *views.shape[3:])
     v2 = views[:, :, 1 % k].reshape(-1, *views.shape[3:])
@@ -161,8 +161,8 @@ def _variant_rows(
 def run(args: argparse.Namespace) -> dict:
     seed_everything(args.seed)
     base = BMSSLConfig(
-        dataset=args.dataset, width=args.width, n_way=args.n_way, k_support=args.k_support,
-        q_query=args.q_query, meta_batch=args.tasks, bootstrap_steps=args.delta,
+        dataset=args.dataset, width=args.width, task_images=args.task_images, support_views=args.support_views,
+        query_views=args.query_views, meta_batch=args.tasks, bootstrap_steps=args.delta,
         inner_lr=args.inner_lr, seed=args.seed,
     )  # fmt: skip
     base.validate()
@@ -170,7 +170,13 @@ def run(args: argparse.Namespace) -> dict:
     device = torch.device(args.device)
     encoder = encoder_for(data, base).train().to(device)
     batch = TaskSampler(
-        data, base.n_way, base.k_support, base.q_query, base.meta_batch, base.augment, args.seed
+        data,
+        base.task_images,
+        base.support_views,
+        base.query_views,
+        base.meta_batch,
+        base.augment,
+        args.seed,
     ).sample(0, device=device)
     rows = _variant_rows(args, base, encoder, batch)
     simclr = simclr_step(encoder, batch)
@@ -187,8 +193,8 @@ def run(args: argparse.Namespace) -> dict:
         }
     )
     setup = {
-        "dataset": args.dataset, "tasks_B": args.tasks, "n_way": args.n_way,
-        "k_support": args.k_support, "q_query": args.q_query, "bootstrap_steps": args.delta,
+        "dataset": args.dataset, "tasks_B": args.tasks, "task_images": args.task_images,
+        "support_views": args.support_views, "query_views": args.query_views, "bootstrap_steps": args.delta,
         "inner_lr": args.inner_lr, "width": args.width, "repeats": args.repeats,
         "clock": args.clock, "torch": torch.__version__, "threads": torch.get_num_threads(),
         "machine": platform.processor() or platform.machine(),
@@ -247,9 +253,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dataset", default="digits")
     parser.add_argument("--tasks", type=int, default=8, help="B, tasks per meta-batch")
-    parser.add_argument("--n-way", type=int, default=10)
-    parser.add_argument("--k-support", type=int, default=2)
-    parser.add_argument("--q-query", type=int, default=2)
+    parser.add_argument("--task-images", type=int, default=10)
+    parser.add_argument("--support-views", type=int, default=2)
+    parser.add_argument("--query-views", type=int, default=2)
     parser.add_argument("--delta", type=int, default=1, help="bootstrap steps δ")
     parser.add_argument("--width", type=int, default=32)
     parser.add_argument("--inner-lr", type=float, default=BMSSLConfig.inner_lr, help="α")

@@ -71,7 +71,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--simclr-batch", type=int, default=256)
     add("--workers", type=int, default=0, help="lightly's DataLoader workers (then wall clock)")
     add("--tasks", type=int, default=8, help="B, tasks per meta-batch")
-    add("--n-way", type=int, default=10)
+    add("--task-images", type=int, default=10)
     add("--inner-steps", type=int, nargs="+", default=[1, 5])
     add("--orders", nargs="+", choices=("second", "first"), default=["second", "first"])
     add("--upper-batch", type=int, default=64)
@@ -84,7 +84,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.repeats, args.width, args.view_batch, args.simclr_batch = 1, 8, 16, 16
-        args.tasks, args.n_way, args.inner_steps, args.upper_batch = 2, 4, [1], 8
+        args.tasks, args.task_images, args.inner_steps, args.upper_batch = 2, 4, [1], 8
     if args.workers > 0:
         args.clock = "wall"  # worker processes' CPU time is not the parent's
     return args

@@ -185,7 +185,13 @@ def bmssl_row(args: argparse.Namespace) -> dict:
     samplers = {}
     for name in ("per_image", "batched"):
         sampler = TaskSampler(
-            data, cfg.n_way, cfg.k_support, cfg.q_query, cfg.meta_batch, cfg.augment, cfg.seed
+            data,
+            cfg.task_images,
+            cfg.support_views,
+            cfg.query_views,
+            cfg.meta_batch,
+            cfg.augment,
+            cfg.seed,
         )
         if name == "per_image":
             sampler.views = PerImageViews(cfg.augment, size, channels)
@@ -202,12 +208,12 @@ def bmssl_row(args: argparse.Namespace) -> dict:
     timing = compare(
         lambda: step(samplers["per_image"]), lambda: step(samplers["batched"]), args.repeats
     )
-    views = cfg.meta_batch * cfg.n_way * (cfg.k_support + cfg.q_query)
+    views = cfg.meta_batch * cfg.task_images * (cfg.support_views + cfg.query_views)
     timing["flops"] = measure.count_flops(lambda: step(samplers["batched"]))
     return {
         "case": f"bmssl step {path.name} ({views} views, {cfg.augment})",
-        "config": {k: getattr(cfg, k) for k in ("dataset", "width", "n_way", "k_support",
-                                                 "q_query", "meta_batch", "inner_steps",
+        "config": {k: getattr(cfg, k) for k in ("dataset", "width", "task_images", "support_views",
+                                                 "query_views", "meta_batch", "inner_steps",
                                                  "bootstrap_steps", "augment", "backend")},
         **timing,
     }  # fmt: skip

@@ -77,8 +77,14 @@ ABLATIONS: dict[str, dict[str, list[str]]] = {
     },
     "upper": {
         "upper-lr-0.001": ["bilevel.upper_lr=0.001"],
-        "upper-lr-0.015-wd-0.01 (ICLR)": ["bilevel.upper_lr=0.015", "bilevel.upper_wd=0.01"],
-        "upper-lr-0.05-wd-5e-4 (ICML)": ["bilevel.upper_lr=0.05", "bilevel.upper_wd=0.0005"],
+        "upper-lr-0.015-wd-0.01 (ICLR)": [
+            "bilevel.upper_lr=0.015",
+            "bilevel.upper_weight_decay=0.01",
+        ],
+        "upper-lr-0.05-wd-5e-4 (ICML)": [
+            "bilevel.upper_lr=0.05",
+            "bilevel.upper_weight_decay=0.0005",
+        ],
         "no-clip (both levels)": ["bilevel.clip=1e9"],
         "momentum-0 (both levels)": ["bilevel.momentum=0"],
     },

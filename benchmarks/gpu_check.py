@@ -118,8 +118,8 @@ def bmssl_step(channels: int, size: int, tiny: bool, device: torch.device, **ove
         setattr(cfg, key, value)
     width = 8 if tiny else 64
     if tiny:
-        cfg.n_way, cfg.meta_batch = 4, 2
-    b, n, k, q = cfg.meta_batch, cfg.n_way, cfg.k_support, cfg.q_query
+        cfg.task_images, cfg.meta_batch = 4, 2
+    b, n, k, q = cfg.meta_batch, cfg.task_images, cfg.support_views, cfg.query_views
     batch = TaskBatch(
         torch.rand(b, n * k, channels, size, size, device=device),
         torch.rand(b, n * q, channels, size, size, device=device), n, k, q,

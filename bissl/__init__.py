@@ -10,8 +10,8 @@ Modules, by job:
   ``implicit`` (implicit differentiation of the lower level), ``upper`` (BiSSL's upper-level
   gradients);
 - ``bilevel``: ``BiSSLTrainer`` (one step = one alternation) and ``state`` (its checkpoint);
-- ``batches`` (downstream splits, seeded batch streams), ``stages`` (data, the SimCLR pretext,
-  ``init_from``, the head warm-up), ``finetune`` (evaluation, fine-tuning), ``metrics`` (top-k,
+- ``downstream`` (labelled splits, the low-label subset), ``batches`` (seeded batch streams),
+  ``stages`` (data, the SimCLR pretext, ``init_from``, the head warm-up), ``finetune`` (evaluation, fine-tuning), ``metrics`` (top-k,
   11-point mAP), ``curves`` (the per-alternation figure);
 - ``pipeline``: pretext -> warm-up -> BiSSL -> fine-tune, and the baseline, on one path.
 """

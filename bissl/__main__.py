@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
             verb,
             text,
             config_cls=method.config_class(),
+            defaults=method.load_config(),
             out=None if verb == "print-config" else "output directory",
             presets=tuple(method.presets),
             images=verb != "print-config",

@@ -171,11 +171,11 @@ class BiSSLTrainer(BilevelState):
         # η·||p|| steps of the weights (docs/bissl_diagnostics.md).
         self.lower_opt = LARS(
             self.encoder_p.parameters(), lr=bil.lower_lr, momentum=bil.momentum,
-            weight_decay=bil.lower_wd, eta=bil.lars_eta, exclude_1d=bil.lars_exclude_1d,
+            weight_decay=bil.lower_weight_decay, eta=bil.lars_eta, exclude_1d=bil.lars_exclude_1d,
         )  # fmt: skip
         self.upper_opt = torch.optim.SGD(
             self.model_d.parameters(), lr=bil.upper_lr, momentum=bil.momentum,
-            weight_decay=bil.upper_wd,
+            weight_decay=bil.upper_weight_decay,
         )  # fmt: skip
         n_lower = bil.alternations * bil.lower_steps
         n_upper = bil.alternations * bil.upper_steps

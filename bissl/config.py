@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from bissl.cg import CG_MODES, Solver, solve_cg
 from bissl.hvp import HVP_BACKENDS
@@ -53,6 +53,10 @@ class BilevelConfig:
     eval; see :func:`bissl.objectives.upper_bn_mode`).
     """
 
+    RENAMED: ClassVar[dict[str, str]] = {
+        "lower_wd": "lower_weight_decay", "upper_wd": "upper_weight_decay"
+    }  # fmt: skip
+
     gamma: float = 0.01
     adapt_every: int = 100
     adapt_alpha: float = 0.1
@@ -62,11 +66,11 @@ class BilevelConfig:
     lower_steps: int = 20
     upper_steps: int = 8
     lower_lr: float = 1.0
-    lower_wd: float = 1e-6
+    lower_weight_decay: float = 1e-6
     lars_eta: float = 0.001
     lars_exclude_1d: bool = False
     upper_lr: float = 0.01
-    upper_wd: float = 0.0
+    upper_weight_decay: float = 0.0
     momentum: float = 0.9
     warmup_frac: float = 0.0
     batch_size: int = 64
@@ -85,7 +89,7 @@ class BilevelConfig:
         ):  # fmt: skip
             check_positive(f"bilevel.{name}", getattr(self, name))
         _nonnegative(
-            self, "bilevel.", "gamma", "lam", "lam_damp", "lower_wd", "upper_wd", "lower_steps",
+            self, "bilevel.", "gamma", "lam", "lam_damp", "lower_weight_decay", "upper_weight_decay", "lower_steps",
             "adapt_every",
         )  # fmt: skip
         if self.lam + self.lam_damp <= 0:
@@ -142,9 +146,11 @@ class FinetuneConfig:
     """Stage 4 (both paths): head warm-up, then backbone and head with SGD (momentum 0.9,
     cosine lr, weight decay, grad-norm clip) on the downstream train split."""
 
+    RENAMED: ClassVar[dict[str, str]] = {"wd": "weight_decay"}
+
     steps: int = 300
     lr: float = 0.01
-    wd: float = 5e-4
+    weight_decay: float = 5e-4
     batch_size: int = 64
     augment: str = "none"
     clip: float = 10.0
@@ -155,7 +161,7 @@ class FinetuneConfig:
         check_choice("finetune.precision", self.precision, PRECISIONS)
         for name in ("lr", "batch_size", "clip"):
             check_positive(f"finetune.{name}", getattr(self, name))
-        _nonnegative(self, "finetune.", "steps", "wd")
+        _nonnegative(self, "finetune.", "steps", "weight_decay")
 
 
 def _pretext_defaults() -> SimCLRConfig:

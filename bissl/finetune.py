@@ -116,25 +116,27 @@ def finetune_model(
     config: BiSSLConfig,
     train_set: ImageDataset,
     lr: float | None = None,
-    wd: float | None = None,
+    weight_decay: float | None = None,
     *,
     steps: int | None = None,
     seed: int | None = None,
     progress: bool = False,
 ) -> tuple[nn.Sequential, dict[str, float]]:
     """A copy of ``backbone`` with a fresh linear head, warmed up then fine-tuned on
-    ``train_set`` (see the module docstring), and ``{"train_loss", "lr", "wd"}``.
+    ``train_set`` (see the module docstring), and ``{"train_loss", "lr", "weight_decay"}``.
 
-    Settings come from ``config.finetune`` and ``config.warmup``; ``lr``/``wd``/``steps``/``seed``
+    Settings come from ``config.finetune`` and ``config.warmup``; ``lr``/``weight_decay``/``steps``/``seed``
     override them (what a lr/wd search varies). ``backbone`` is not modified.
     """
     settings = config.finetune
     lr = float(settings.lr if lr is None else lr)
-    wd = float(settings.wd if wd is None else wd)
+    wd = float(settings.weight_decay if weight_decay is None else weight_decay)
     steps = int(settings.steps if steps is None else steps)
     seed = int(config.seed if seed is None else seed)
     if not (lr > 0 and math.isfinite(lr)) or not (wd >= 0 and math.isfinite(wd)) or steps < 0:
-        raise UserError(f"fine-tune needs lr > 0, wd >= 0, steps >= 0; got {lr}, {wd}, {steps}")
+        raise UserError(
+            f"fine-tune needs lr > 0, weight_decay >= 0, steps >= 0; got {lr}, {wd}, {steps}"
+        )
     device = resolve_device(config.device)
     torch.manual_seed(seed)
     model = copy.deepcopy(backbone).to(device)
@@ -147,7 +149,7 @@ def finetune_model(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_lambda(steps))
     stream = BatchStream(len(train_set), bs, seed=seed, stream=11)
     loss = _train(net, opt, sched, stream, train_set, config, steps, progress)
-    return net, {"train_loss": loss, "lr": lr, "wd": wd}
+    return net, {"train_loss": loss, "lr": lr, "weight_decay": wd}
 
 
 def _train(
@@ -216,7 +218,7 @@ def finetune(
     train_set: ImageDataset,
     val_set: ImageDataset,
     lr: float | None = None,
-    wd: float | None = None,
+    weight_decay: float | None = None,
     *,
     test_set: ImageDataset | None = None,
     steps: int | None = None,
@@ -226,6 +228,6 @@ def finetune(
     """:func:`finetune_model`'s training record and :func:`split_metrics`: the metrics of a
     fine-tuned copy of ``backbone`` (which is not modified)."""
     net, metrics = finetune_model(
-        backbone, config, train_set, lr, wd, steps=steps, seed=seed, progress=progress
+        backbone, config, train_set, lr, weight_decay, steps=steps, seed=seed, progress=progress
     )
     return {**metrics, **split_metrics(net, config, val_set, test_set)}

@@ -27,11 +27,11 @@ from typing import Any
 
 from torch import nn
 
-from bissl.batches import downstream_split
 from bissl.bilevel import BiSSLTrainer
 from bissl.budget import baseline_pretext_steps, path_views
 from bissl.config import BiSSLConfig
 from bissl.curves import plot_bissl_curves
+from bissl.downstream import downstream_split
 from bissl.finetune import finetune, finetune_model, split_metrics
 from bissl.stages import BiSSLData, load_backbone, pretext_encoder
 from bmssl import distributed

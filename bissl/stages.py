@@ -21,8 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from bissl.batches import downstream_split
 from bissl.config import BiSSLConfig
+from bissl.downstream import downstream_split
 from bissl.finetune import warmup_head
 from bissl.objectives import DownstreamModel
 from bmssl import distributed

@@ -57,6 +57,7 @@ def _parser(method: str | None) -> argparse.ArgumentParser:
             verb,
             text,
             config_cls=listed.config_class(),
+            defaults=listed.load_config(),
             out="run directory (checkpoints, history, config)" if verb == "train" else None,
             presets=tuple(listed.presets),
             images=verb == "train",

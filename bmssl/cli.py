@@ -22,7 +22,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from bmssl.config import config_to_yaml, options_help
+from bmssl.config import config_to_yaml
+from bmssl.config_help import options_help
 from bmssl.errors import USER_ERROR_EXIT_CODE, one_line, shown
 
 _GIVEN = "_options_given"
@@ -107,6 +108,7 @@ def verb_parser(
     help_text: str,
     *,
     config_cls: type | None = None,
+    defaults: Any = None,
     config: bool = True,
     out: str | None = "run directory",
     presets: Sequence[str] = (),
@@ -114,10 +116,13 @@ def verb_parser(
 ) -> argparse.ArgumentParser:
     """A sub-parser with the shared options; its epilog lists ``config_cls``'s options.
 
+    ``defaults``: the config in force without ``--config`` or overrides (a method's defaults,
+    its fixed values included), shown in the epilog; ``config_cls()`` when not given.
     ``images``: the verb reads images, so it takes ``--skip-corrupt``."""
     epilog = None
     if config_cls is not None:
-        epilog = f"options (key=value) of {config_cls.__name__}:\n{options_help(config_cls)}"
+        listed = options_help(config_cls, defaults)
+        epilog = f"options (key=value) of {config_cls.__name__}, defaults in force:\n{listed}"
     parser = sub.add_parser(
         verb,
         help=help_text,

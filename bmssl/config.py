@@ -18,7 +18,7 @@ import dataclasses
 import math
 import types
 import typing
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -33,12 +33,12 @@ INT_MIN, INT_MAX = -(2**63), 2**63 - 1
 C = TypeVar("C")
 
 
-def _field_types(cls: type) -> dict[str, Any]:
+def field_types(cls: type) -> dict[str, Any]:
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.init}
 
 
-def _section_class(annotation: Any) -> type | None:
+def section_class(annotation: Any) -> type | None:
     """The dataclass a field holds (its section), or None for a plain field."""
     if isinstance(annotation, type) and dataclasses.is_dataclass(annotation):
         return annotation
@@ -242,11 +242,12 @@ def _put(target: dict[str, Any], path: list[str], value: Any, full: str) -> None
 def _build(
     cls: type[C], values: Mapping[str, Any], base: C | None, prefix: str, root: str = ""
 ) -> C:
-    types_ = _field_types(cls)
+    types_ = field_types(cls)
     odd = [k for k in values if not isinstance(k, str)]
     if odd:
         raise UserError(f"option name {shown(odd[0])} in {prefix or 'the config'} is not text")
     unknown = sorted(set(values) - set(types_))
+    _refuse_renamed(cls, unknown, prefix)
     if unknown:
         where = (
             f"{root} option(s) in section {prefix[:-1]}" if prefix else f"{cls.__name__} option(s)"
@@ -256,13 +257,13 @@ def _build(
             f"unknown {where}: {names}; known options: "
             f"{', '.join(prefix + k for k in sorted(types_))}"
         )
-    if base is None and any(_section_class(t) for t in types_.values()):
+    if base is None and any(section_class(t) for t in types_.values()):
         base = cls()  # a section given in part keeps its field's own default for the rest
     current: dict[str, Any] = (
         {f: getattr(base, f) for f in types_} if base is not None else {}
     )  # fmt: skip
     for key, value in values.items():
-        section = _section_class(types_[key])
+        section = section_class(types_[key])
         if section is not None:
             if isinstance(value, section):
                 current[key] = value
@@ -270,7 +271,7 @@ def _build(
             if not isinstance(value, Mapping):
                 raise UserError(
                     f"{prefix}{key} is a section; set its options as {prefix}{key}.NAME=VALUE "
-                    f"(options: {', '.join(sorted(_field_types(section)))})"
+                    f"(options: {', '.join(sorted(field_types(section)))})"
                 )
             sub_base = current.get(key)
             current[key] = _build(section, value, sub_base, f"{prefix}{key}.", root or cls.__name__)
@@ -285,6 +286,15 @@ def _build(
                 )
             current[key] = _coerce(prefix + key, value, annotation)
     return cls(**current)
+
+
+def _refuse_renamed(cls: type, unknown: list[str], prefix: str) -> None:
+    """An option renamed since an earlier release names its new name (``RENAMED`` of ``cls``)."""
+    renamed: Mapping[str, str] = getattr(cls, "RENAMED", {})
+    old = [name for name in unknown if name in renamed]
+    if old:
+        pairs = ", ".join(f"{prefix}{o} -> {prefix}{renamed[o]}" for o in old)
+        raise UserError(f"{cls.__name__} option(s) renamed: {pairs}; write the new name instead")
 
 
 def config_from_dict(cls: type[C], values: Mapping[str, Any], base: C | None = None) -> C:
@@ -348,38 +358,3 @@ def config_to_dict(config: Any) -> dict[str, Any]:
 def config_to_yaml(config: Any) -> str:
     """YAML text that :func:`load_config` turns back into an equal config."""
     return yaml.safe_dump(config_to_dict(config), sort_keys=False)
-
-
-def iter_options(cls: type, prefix: str = "") -> Iterator[tuple[str, str, Any]]:
-    """``(dotted name, type text, default)`` of every option of ``cls``, sections expanded."""
-    types_ = _field_types(cls)
-    defaults = cls()
-    for name, annotation in types_.items():
-        section = _section_class(annotation)
-        if section is not None:
-            yield from iter_options(section, f"{prefix}{name}.")
-            continue
-        yield prefix + name, _type_text(annotation), getattr(defaults, name)
-
-
-def _type_text(annotation: Any) -> str:
-    origin = typing.get_origin(annotation)
-    args = typing.get_args(annotation)
-    if origin in (typing.Union, types.UnionType):
-        return " | ".join(_type_text(a) for a in args)
-    if origin is typing.Literal:
-        return "{" + ",".join(map(str, args)) + "}"
-    if origin in (list, tuple, dict):
-        return getattr(origin, "__name__", str(origin))
-    if annotation is type(None):
-        return "None"
-    return getattr(annotation, "__name__", str(annotation))
-
-
-def options_help(cls: type) -> str:
-    """One line per option of ``cls``: ``name (type, default value)`` — for ``--help``."""
-    rows = list(iter_options(cls))
-    width = max((len(name) for name, _, _ in rows), default=0)
-    return "\n".join(
-        f"  {name:<{width}}  {kind}, default {default!r}" for name, kind, default in rows
-    )

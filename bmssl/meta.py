@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
@@ -80,6 +81,12 @@ class BMSSLConfig(RunConfig):
     seed fields (two with BMSSL's own defaults), then the method's. The field defaults are the
     one place each default lives."""
 
+    #: options of earlier releases, refused with their new name
+    RENAMED: ClassVar[dict[str, str]] = {
+        "n_way": "task_images", "k_support": "support_views", "q_query": "query_views",
+        "tau": "temperature",
+    }  # fmt: skip
+
     # "track": the meta-step normalises with batch statistics (a decomposed twin for torch.func,
     # see bmssl.inner) and the running statistics are refreshed from the support views after
     # each step, so evaluation uses them. "batch" keeps no running statistics: its features
@@ -89,9 +96,9 @@ class BMSSLConfig(RunConfig):
     steps: int = 1000
     augment: str = "default"
     # task reconstruction (many images per task: the prototype loss contrasts N images)
-    n_way: int = 32  # N images per task
-    k_support: int = 2  # K support views per image
-    q_query: int = 1  # Q query views per image
+    task_images: int = 32  # N images per task
+    support_views: int = 2  # K support views per image
+    query_views: int = 1  # Q query views per image
     meta_batch: int = 2  # B tasks per meta-batch
     # inner loop and bootstrap
     inner_steps: int = 1  # L
@@ -100,7 +107,7 @@ class BMSSLConfig(RunConfig):
     inner_lr: float = 0.01  # α (also the step size of the bootstrap steps)
     inner_loss: str = "proto_loo"  # see support_loss
     beta: float = 0.5  # β, weight of the query cross-entropy at θ_L
-    tau: float = 0.2  # τ, temperature of the prototype logits
+    temperature: float = 0.2  # τ, temperature of the prototype logits
     # outer loop
     outer_lr: float = 3e-3
     # "autograd" (per-task unroll on torch.autograd: fastest, least memory) | "func" | "higher"
@@ -114,7 +121,7 @@ class BMSSLConfig(RunConfig):
     @property
     def views_per_step(self) -> int:
         """B tasks × N images × (K + Q) views; the δ bootstrap steps reuse them."""
-        return self.meta_batch * self.n_way * (self.k_support + self.q_query)
+        return self.meta_batch * self.task_images * (self.support_views + self.query_views)
 
     def validate(self) -> None:
         """Raise :class:`UserError` naming the first bad value and how to fix it."""
@@ -122,10 +129,17 @@ class BMSSLConfig(RunConfig):
         check_choice("augment", self.augment, STRENGTHS)
         check_choice("backend", self.backend, BACKENDS)
         check_choice("inner_loss", self.inner_loss, INNER_LOSSES)
-        for name in ("inner_lr", "outer_lr", "tau", "k_support", "q_query", "meta_batch"):
+        for name in (
+            "inner_lr",
+            "outer_lr",
+            "temperature",
+            "support_views",
+            "query_views",
+            "meta_batch",
+        ):
             check_positive(name, getattr(self, name))
-        if self.n_way < 2:
-            raise UserError(f"n_way must be at least 2 to classify, got {self.n_way}")
+        if self.task_images < 2:
+            raise UserError(f"task_images must be at least 2 to classify, got {self.task_images}")
         for name in ("inner_steps", "bootstrap_steps"):
             if getattr(self, name) < 0:
                 raise UserError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -142,20 +156,20 @@ class BMSSLConfig(RunConfig):
                 "bootstrap_steps=0 and beta=0 leave no meta-objective; "
                 "set beta > 0 (the δ = 0 ablation) or bootstrap_steps >= 1"
             )
-        if self.inner_loss == "proto_loo" and self.k_support < 2:
+        if self.inner_loss == "proto_loo" and self.support_views < 2:
             raise UserError(
-                f"inner_loss=proto_loo leaves one support view out and needs k_support >= 2, got "
-                f"{self.k_support}; raise k_support or use inner_loss=proto"
+                f"inner_loss=proto_loo leaves one support view out and needs support_views >= 2, got "
+                f"{self.support_views}; raise support_views or use inner_loss=proto"
             )
-        if self.inner_loss == "ntxent" and self.k_support != 2:
+        if self.inner_loss == "ntxent" and self.support_views != 2:
             raise UserError(
-                f"inner_loss=ntxent pairs two support views and needs k_support=2, got "
-                f"{self.k_support}"
+                f"inner_loss=ntxent pairs two support views and needs support_views=2, got "
+                f"{self.support_views}"
             )
-        if self.num_train_images is not None and self.num_train_images < self.n_way:
+        if self.num_train_images is not None and self.num_train_images < self.task_images:
             raise UserError(
-                f"num_train_images={self.num_train_images} is below n_way={self.n_way}; a task "
-                f"needs n_way distinct images"
+                f"num_train_images={self.num_train_images} is below task_images={self.task_images}; a task "
+                f"needs task_images distinct images"
             )
 
 
@@ -175,8 +189,8 @@ class BMSSLTrainer(EncoderState, FewShotValidation, Trainer):
     def nonfinite_hint(self) -> str:
         c = self.config
         return (
-            f"lower outer_lr (now {c.outer_lr}) or inner_lr (now {c.inner_lr}), or raise tau "
-            f"(now {c.tau})"
+            f"lower outer_lr (now {c.outer_lr}) or inner_lr (now {c.inner_lr}), or raise temperature "
+            f"(now {c.temperature})"
         )
 
     def __init__(
@@ -192,9 +206,9 @@ class BMSSLTrainer(EncoderState, FewShotValidation, Trainer):
         self.build_data_and_encoder()
         self.sampler = TaskSampler(
             self.train_set,
-            config.n_way,
-            config.k_support,
-            config.q_query,
+            config.task_images,
+            config.support_views,
+            config.query_views,
             config.meta_batch,
             config.augment,
             config.seed,

@@ -75,7 +75,7 @@ def model_for_backend(model: nn.Module, backend: str) -> nn.Module:
 
 
 def _task(batch: TaskBatch, support: torch.Tensor, query: torch.Tensor) -> Task:
-    return Task(support, query, batch.n_way, batch.k_support, batch.q_query)
+    return Task(support, query, batch.task_images, batch.support_views, batch.query_views)
 
 
 def _mean_terms(parts: list[TaskLoss]) -> TaskLoss:
@@ -120,7 +120,7 @@ def meta_targets(
             sup = support_objective(inner, task, config)
             theta_l = inner.descend(p, sup, config.inner_steps)
             theta_t = bootstrap_target(inner, theta_l, task, config)
-            out.append(_no_grad_logits(inner, theta_t, task, config.tau))
+            out.append(_no_grad_logits(inner, theta_t, task, config.temperature))
     return torch.stack(out)
 
 
@@ -230,7 +230,7 @@ def _reused_target(
     if support_steps == 0:
         first = F.cross_entropy(logits, task.query_labels)
     else:
-        first = support_loss(zs, task, config.inner_loss, config.tau)
+        first = support_loss(zs, task, config.inner_loss, config.temperature)
     names = list(theta_l)
     grads = torch.autograd.grad(
         first, [theta_l[n] for n in names], retain_graph=True, allow_unused=True
@@ -242,7 +242,7 @@ def _reused_target(
     theta = inner.descend(theta, support_objective(inner, task, config), max(0, support_steps - 1))
     if support_steps > 0 and on_query:
         theta = inner.descend(theta, query_objective(inner, task, config), 1)
-    return _no_grad_logits(inner, theta, task, config.tau)
+    return _no_grad_logits(inner, theta, task, config.temperature)
 
 
 def _autograd_task_loss(
@@ -252,7 +252,7 @@ def _autograd_task_loss(
     theta_l = inner.adapt(params, support_objective(inner, task, config), config.inner_steps)
     zs = inner.embed(theta_l, task.support)
     zq = inner.embed(theta_l, task.query)
-    logits = prototype_logits(zs, task.support_labels, zq, task.n_way, config.tau)
+    logits = prototype_logits(zs, task.support_labels, zq, task.task_images, config.temperature)
     if target is None:
         if config.bootstrap_steps == 0:
             target = logits.detach()

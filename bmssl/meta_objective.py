@@ -58,12 +58,12 @@ def support_loss(z: torch.Tensor, task: Task, kind: str, tau: float) -> torch.Te
     - ``ntxent``: NT-Xent between the two support views of each image (K = 2), temperature τ.
     """
     if kind == "proto_loo":
-        return loo_prototype_cross_entropy(z, task.n_way, tau)
+        return loo_prototype_cross_entropy(z, task.task_images, tau)
     if kind == "proto":
-        logits = prototype_logits(z, task.support_labels, z, task.n_way, tau)
+        logits = prototype_logits(z, task.support_labels, z, task.task_images, tau)
         return F.cross_entropy(logits, task.support_labels)
     if kind == "ntxent":
-        pairs = z.view(task.n_way, task.k_support, -1)
+        pairs = z.view(task.task_images, task.support_views, -1)
         return nt_xent(pairs[:, 0], pairs[:, 1], tau)
     raise UserError(f"unknown inner_loss {kind!r}; choose one of: {', '.join(INNER_LOSSES)}")
 
@@ -72,14 +72,16 @@ def query_logits(inner: InnerLoop, params: Params, task: Task, tau: float) -> to
     """``[N·Q, N]`` cosine logits of the query views against support prototypes, both at params."""
     zs = inner.embed(params, task.support)
     zq = inner.embed(params, task.query)
-    return prototype_logits(zs, task.support_labels, zq, task.n_way, tau)
+    return prototype_logits(zs, task.support_labels, zq, task.task_images, tau)
 
 
 def support_objective(inner: InnerLoop, task: Task, config: BMSSLConfig):
     """``θ ↦ L_sup(θ)`` of ``task`` (the inner loss, as a function of the parameters)."""
 
     def sup(p: Params) -> torch.Tensor:
-        return support_loss(inner.embed(p, task.support), task, config.inner_loss, config.tau)
+        return support_loss(
+            inner.embed(p, task.support), task, config.inner_loss, config.temperature
+        )
 
     return sup
 
@@ -88,7 +90,7 @@ def query_objective(inner: InnerLoop, task: Task, config: BMSSLConfig):
     """``θ ↦ CE(logits(θ), query labels)`` of ``task`` (the bootstrap's last step)."""
 
     def qry(p: Params) -> torch.Tensor:
-        return F.cross_entropy(query_logits(inner, p, task, config.tau), task.query_labels)
+        return F.cross_entropy(query_logits(inner, p, task, config.temperature), task.query_labels)
 
     return qry
 
@@ -134,11 +136,11 @@ def task_meta_loss(
     ``target_logits [N·Q, N]``, held fixed) carries no gradient.
     """
     theta_l = inner.adapt(params, support_objective(inner, task, config), config.inner_steps)
-    logits = query_logits(inner, theta_l, task, config.tau)
+    logits = query_logits(inner, theta_l, task, config.temperature)
     if target_logits is None:
         if config.bootstrap_steps == 0:
             target_logits = logits.detach()
         else:
             theta_t = bootstrap_target(inner, theta_l, task, config)
-            target_logits = query_logits(inner, theta_t, task, config.tau).detach()
+            target_logits = query_logits(inner, theta_t, task, config.temperature).detach()
     return meta_terms(logits, target_logits, task, config)

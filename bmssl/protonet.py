@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -23,10 +24,12 @@ from bmssl.trainer import Trainer
 class ProtoNetConfig(RunConfig):
     """Supervised prototypical network on the labelled training classes (an upper bound)."""
 
+    RENAMED: ClassVar[dict[str, str]] = {"tau": "temperature"}
+
     n_way: int = 20
     k_shot: int = 1
     n_query: int = 5
-    tau: float = 0.1
+    temperature: float = 0.1
     lr: float = 1e-3
 
     @property
@@ -36,7 +39,7 @@ class ProtoNetConfig(RunConfig):
 
     def validate(self) -> None:
         super().validate()
-        for name in ("lr", "tau", "n_way", "k_shot", "n_query"):
+        for name in ("lr", "temperature", "n_way", "k_shot", "n_query"):
             check_positive(name, getattr(self, name))
 
 
@@ -47,7 +50,9 @@ class ProtoNetTrainer(EncoderState, FewShotValidation, Trainer):
 
     @property
     def nonfinite_hint(self) -> str:
-        return f"lower lr (now {self.config.lr}) or raise tau (now {self.config.tau})"
+        return (
+            f"lower lr (now {self.config.lr}) or raise temperature (now {self.config.temperature})"
+        )
 
     def __init__(
         self, config: ProtoNetConfig, out_dir: str | Path | None = None, progress: bool = True
@@ -78,7 +83,7 @@ class ProtoNetTrainer(EncoderState, FewShotValidation, Trainer):
             feats[s:],
             torch.as_tensor(ep.query_labels, device=self.device),
             self.n_way,
-            cfg.tau,
+            cfg.temperature,
         )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()

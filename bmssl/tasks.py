@@ -31,21 +31,23 @@ class Task:
 
     support: torch.Tensor
     query: torch.Tensor
-    n_way: int
-    k_support: int
-    q_query: int
+    task_images: int
+    support_views: int
+    query_views: int
 
     @property
     def support_labels(self) -> torch.Tensor:
         """Pseudo-labels ``[N·K]``: the image index of each support view."""
-        return torch.arange(self.n_way, device=self.support.device).repeat_interleave(
-            self.k_support
+        return torch.arange(self.task_images, device=self.support.device).repeat_interleave(
+            self.support_views
         )
 
     @property
     def query_labels(self) -> torch.Tensor:
         """Pseudo-labels ``[N·Q]``: the image index of each query view."""
-        return torch.arange(self.n_way, device=self.query.device).repeat_interleave(self.q_query)
+        return torch.arange(self.task_images, device=self.query.device).repeat_interleave(
+            self.query_views
+        )
 
 
 @dataclass(frozen=True)
@@ -57,16 +59,18 @@ class TaskBatch:
 
     support: torch.Tensor
     query: torch.Tensor
-    n_way: int
-    k_support: int
-    q_query: int
+    task_images: int
+    support_views: int
+    query_views: int
     image_indices: torch.Tensor
 
     def __len__(self) -> int:
         return int(self.support.shape[0])
 
     def __getitem__(self, b: int) -> Task:
-        return Task(self.support[b], self.query[b], self.n_way, self.k_support, self.q_query)
+        return Task(
+            self.support[b], self.query[b], self.task_images, self.support_views, self.query_views
+        )
 
     def tasks(self) -> Iterator[Task]:
         """The B tasks one by one."""
@@ -88,9 +92,9 @@ class TaskBatch:
         return TaskBatch(
             self.support[tasks],
             self.query[tasks],
-            self.n_way,
-            self.k_support,
-            self.q_query,
+            self.task_images,
+            self.support_views,
+            self.query_views,
             self.image_indices[tasks],
         )
 
@@ -99,9 +103,9 @@ class TaskBatch:
         return TaskBatch(
             self.support.to(*args, **kwargs),
             self.query.to(*args, **kwargs),
-            self.n_way,
-            self.k_support,
-            self.q_query,
+            self.task_images,
+            self.support_views,
+            self.query_views,
             self.image_indices,
         )
 
@@ -109,8 +113,8 @@ class TaskBatch:
 def reconstruct_tasks(
     images: torch.Tensor,
     views: SSLViews,
-    k_support: int,
-    q_query: int,
+    support_views: int,
+    query_views: int,
     generator: torch.Generator | None = None,
 ) -> TaskBatch:
     """Tasks from ``images [B, N, C, H, W]``: K + Q independent views of every image.
@@ -122,17 +126,19 @@ def reconstruct_tasks(
     if images.dim() != 5:
         raise ValueError(f"images must be [B, N, C, H, W], got {tuple(images.shape)}")
     b, n = images.shape[:2]
-    v = views.repeat(images.flatten(0, 1), k_support + q_query, generator)  # [B·N, K+Q, C, H, W]
+    v = views.repeat(
+        images.flatten(0, 1), support_views + query_views, generator
+    )  # [B·N, K+Q, C, H, W]
     chw = v.shape[2:]  # crop levels resize to the views' image_size
-    v = v.reshape(b, n, k_support + q_query, *chw)
-    support = v[:, :, :k_support].reshape(b, n * k_support, *chw)
-    query = v[:, :, k_support:].reshape(b, n * q_query, *chw)
+    v = v.reshape(b, n, support_views + query_views, *chw)
+    support = v[:, :, :support_views].reshape(b, n * support_views, *chw)
+    query = v[:, :, support_views:].reshape(b, n * query_views, *chw)
     return TaskBatch(
         support.contiguous(),
         query.contiguous(),
         n,
-        k_support,
-        q_query,
+        support_views,
+        query_views,
         torch.full((b, n), -1, dtype=torch.long),
     )
 
@@ -147,29 +153,33 @@ class TaskSampler:
     def __init__(
         self,
         dataset: ImageDataset,
-        n_way: int,
-        k_support: int,
-        q_query: int,
+        task_images: int,
+        support_views: int,
+        query_views: int,
         meta_batch: int,
         augment: str = "default",
         seed: int = 0,
     ) -> None:
         for name, value in (
-            ("n_way", n_way),
-            ("k_support", k_support),
-            ("q_query", q_query),
+            ("task_images", task_images),
+            ("support_views", support_views),
+            ("query_views", query_views),
             ("meta_batch", meta_batch),
         ):
             if value < 1:
                 raise UserError(f"{name} must be at least 1, got {value}")
         self.dataset = dataset
-        self.n_way, self.k_support, self.q_query = n_way, k_support, q_query
+        self.task_images, self.support_views, self.query_views = (
+            task_images,
+            support_views,
+            query_views,
+        )
         self.meta_batch = meta_batch
         self.seed = seed
-        if len(dataset) < n_way:
+        if len(dataset) < task_images:
             raise UserError(
-                f"n_way={n_way} needs that many distinct images per task but the dataset has "
-                f"only {len(dataset)}; lower n_way or raise num_train_images"
+                f"task_images={task_images} needs that many distinct images per task but the dataset has "
+                f"only {len(dataset)}; lower task_images or raise num_train_images"
             )
         channels, height, _ = dataset.image_shape
         self.views = SSLViews(augment, height, channels)
@@ -179,7 +189,7 @@ class TaskSampler:
         rng = np.random.default_rng([self.seed, step])
         chosen = np.stack(
             [
-                rng.choice(len(self.dataset), size=self.n_way, replace=False)
+                rng.choice(len(self.dataset), size=self.task_images, replace=False)
                 for _ in range(self.meta_batch)
             ]
         )
@@ -208,14 +218,16 @@ class TaskSampler:
             images = self.dataset.get_batch(chosen.reshape(-1))
         if device is not None:
             images = images.to(device, non_blocking=True)
-        images = images.reshape(self.meta_batch, self.n_way, *images.shape[1:])
+        images = images.reshape(self.meta_batch, self.task_images, *images.shape[1:])
         generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
-        batch = reconstruct_tasks(images, self.views, self.k_support, self.q_query, generator)
+        batch = reconstruct_tasks(
+            images, self.views, self.support_views, self.query_views, generator
+        )
         return TaskBatch(
             batch.support,
             batch.query,
-            batch.n_way,
-            batch.k_support,
-            batch.q_query,
+            batch.task_images,
+            batch.support_views,
+            batch.query_views,
             torch.from_numpy(chosen),
         )

@@ -25,7 +25,7 @@ def metric_keys(profile: BiSSLTableProfile, multilabel: bool) -> list[str]:
 
 
 def is_multilabel(plan: Any, dataset: str) -> bool:
-    from bissl.batches import load_downstream
+    from bissl.downstream import load_downstream
     from reproduce.bissl_table import cell_config
 
     config = cell_config(plan, dataset, plan.profile.seeds[0])

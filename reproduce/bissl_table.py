@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bmssl.config import options_help
+from bmssl.config_help import options_help
 from bmssl.errors import UserError
 from reproduce.driver import CellRef, Cells, TablePlan, TableSpec, table_main
 from reproduce.profiles import (
@@ -95,7 +95,7 @@ def pretext_at(pretext: Any, root: str) -> Any:
 
 def plan_bissl_table(args: argparse.Namespace) -> BiSSLTablePlan:
     """Validate every name, number and data root before anything is trained or written."""
-    from bissl.batches import load_downstream
+    from bissl.downstream import load_downstream
     from bmssl.pretrain import load_split
 
     profile = load_profile(BiSSLTableProfile, "bissl", args.config, seed_overrides(args.seeds))

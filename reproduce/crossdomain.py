@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bmssl.config import options_help
+from bmssl.config_help import options_help
 from bmssl.errors import DataNotFoundError, UserError
 from reproduce.driver import CellRef, Cells, TablePlan, TableSpec, table_main
 from reproduce.fewshot_jobs import Evaluation, FewShotJob, run_fewshot_job

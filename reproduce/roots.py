@@ -30,10 +30,10 @@ def _accepted(probe: Probe, name: str, root: str) -> bool:
 
 
 def _no_source_message(name: str, root: str) -> str:
-    from bmssl.data import sources_catalog
+    from bmssl.data import fetch_catalog
     from bmssl.data.registry import how_to_get
 
-    how = sources_catalog.NOT_FETCHABLE.get(name) or " ".join(how_to_get(name).split())
+    how = fetch_catalog.NOT_FETCHABLE.get(name) or " ".join(how_to_get(name).split())
     return (
         f"--download cannot fetch {name!r} (no public source with a pinned checksum) and its root "
         f"{root!r} is missing or incomplete: {how}"
@@ -46,9 +46,9 @@ def download_missing(
     """Fetch every dataset of ``datasets`` whose root the loader does not accept; returns the
     names fetched. Every dataset is checked before the first byte is downloaded."""
     from bmssl.data import fetch as fetching
-    from bmssl.data import sources_catalog
+    from bmssl.data import fetch_catalog
 
-    sources = sources_catalog.catalogue()
+    sources = fetch_catalog.catalogue()
     missing = [d for d in datasets if d not in roots]
     if missing:
         raise UserError(

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bmssl.config import options_help
+from bmssl.config_help import options_help
 from bmssl.errors import UserError
 from reproduce.driver import CellRef, Cells, TablePlan, TableSpec, table_main
 from reproduce.fewshot_jobs import (

@@ -56,7 +56,7 @@ def _first_bare(tokens: Sequence[str]) -> str | None:
 def _options(cls: type | None) -> set[str]:
     if cls is None:
         return set()
-    from bmssl.config import iter_options
+    from bmssl.config_help import iter_options
 
     return {name for name, _, _ in iter_options(cls)}
 

@@ -19,8 +19,8 @@ from tests.fuzz.cli import run
 from tests.message_fixes import suggestions, unrunnable_fixes
 
 TINY = [
-    "dataset=digits", "width=4", "proj_hidden=8", "proj_dim=4", "n_way=3", "k_support=2",
-    "q_query=1", "meta_batch=1", "steps=2", "eval_every=2", "eval_episodes=2", "device=cpu",
+    "dataset=digits", "width=4", "proj_hidden=8", "proj_dim=4", "task_images=3", "support_views=2",
+    "query_views=1", "meta_batch=1", "steps=2", "eval_every=2", "eval_episodes=2", "device=cpu",
 ]  # fmt: skip
 SEARCH = ["search", "bmssl", "--space", "bmssl-delta", "--config", "tiny", "--quiet"]
 
@@ -85,9 +85,9 @@ def test_an_unreadable_image_suggests_skip_corrupt_which_train_takes(here):
         "--quiet",
         "--out",
         "run",
-        *[t for t in TINY if not t.startswith(("dataset", "n_way"))],
+        *[t for t in TINY if not t.startswith(("dataset", "task_images"))],
     ]
-    argv += ["n_way=2", "eval_n_way=2", "image_size=16", "dataset=imagefolder:tree"]
+    argv += ["task_images=2", "eval_n_way=2", "image_size=16", "dataset=imagefolder:tree"]
     _check("bmssl", argv, "skip_corrupt=True", "--skip-corrupt")
 
 

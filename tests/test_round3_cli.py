@@ -21,12 +21,12 @@ from PIL import Image
 from tests.fuzz.cli import assert_runs_or_exits_2, run
 
 TINY = [
-    "dataset=digits", "width=4", "proj_hidden=8", "proj_dim=4", "n_way=3", "k_support=2",
-    "q_query=1", "meta_batch=1", "steps=2", "eval_every=2", "eval_episodes=2", "device=cpu",
+    "dataset=digits", "width=4", "proj_hidden=8", "proj_dim=4", "task_images=3", "support_views=2",
+    "query_views=1", "meta_batch=1", "steps=2", "eval_every=2", "eval_episodes=2", "device=cpu",
 ]  # fmt: skip
 #: on a small image tree (10 classes of 17 images): tasks of 2 images, 2-way validation
-IMG = [t for t in TINY if not t.startswith(("n_way=", "dataset="))] + [
-    "n_way=2", "eval_n_way=2", "eval_k_shot=1", "image_size=16"
+IMG = [t for t in TINY if not t.startswith(("task_images=", "dataset="))] + [
+    "task_images=2", "eval_n_way=2", "eval_k_shot=1", "image_size=16"
 ]  # fmt: skip
 
 

@@ -153,7 +153,7 @@ class Space:
 
 def config_fields(cls: type) -> list[str]:
     """Every option of a config class, dotted inside sections (``bilevel.lam``)."""
-    from bmssl.config import iter_options
+    from bmssl.config_help import iter_options
 
     return [name for name, _, _ in iter_options(cls)]
 
@@ -228,7 +228,7 @@ def _finetune_lr_wd(base: Any) -> list[Axis]:
             "fine-tuning lr",
         ),
         Axis(
-            "finetune.wd",
+            "finetune.weight_decay",
             (1e-5, 1e-4, 1e-3, 1e-2),
             tune.loguniform(1e-5, 1e-2),
             "log",
@@ -298,7 +298,7 @@ BUILTIN_SPACES: tuple[Space, ...] = (
     Space(
         "finetune-lr-wd",
         "BiSSL fine-tuning stage: lr log-uniform in [1e-4, 1], weight decay in [1e-5, 1e-2]",
-        ("finetune.lr", "finetune.wd"),
+        ("finetune.lr", "finetune.weight_decay"),
         _finetune_lr_wd,
         methods=("bissl-finetune",),
     ),

@@ -35,15 +35,15 @@ Embed = Callable[[torch.Tensor], torch.Tensor]
 
 def _logits(embed: Embed, task: Task, tau: float) -> torch.Tensor:
     zs, zq = embed(task.support), embed(task.query)
-    return prototype_logits(zs, task.support_labels, zq, task.n_way, tau)
+    return prototype_logits(zs, task.support_labels, zq, task.task_images, tau)
 
 
 def _objective(cfg: Any) -> tuple[Callable, Callable]:
     def sup(embed: Embed, task: Task) -> torch.Tensor:
-        return loo_prototype_cross_entropy(embed(task.support), task.n_way, cfg.tau)
+        return loo_prototype_cross_entropy(embed(task.support), task.task_images, cfg.temperature)
 
     def qry(embed: Embed, task: Task) -> torch.Tensor:
-        return F.cross_entropy(_logits(embed, task, cfg.tau), task.query_labels)
+        return F.cross_entropy(_logits(embed, task, cfg.temperature), task.query_labels)
 
     return sup, qry
 
@@ -81,7 +81,7 @@ def torchopt_step(model: nn.Module, batch: TaskBatch, cfg: Any) -> Callable[[], 
             theta = descend(theta, qry if last else sup, task, graph=False)
             theta = tuple(p.detach().requires_grad_() for p in theta)
         with torch.no_grad():
-            return _logits(embedder(theta), task, cfg.tau)
+            return _logits(embedder(theta), task, cfg.temperature)
 
     def run() -> dict:
         model.zero_grad(set_to_none=True)
@@ -89,7 +89,7 @@ def torchopt_step(model: nn.Module, batch: TaskBatch, cfg: Any) -> Callable[[], 
             theta = leaves
             for _ in range(cfg.inner_steps):
                 theta = descend(theta, sup, task, graph=not cfg.first_order)
-            logits = _logits(embedder(theta), task, cfg.tau)
+            logits = _logits(embedder(theta), task, cfg.temperature)
             _finish(logits, target(theta, task), task, cfg, len(batch))
         return {n: p.grad for n, p in zip(names, leaves)}
 
@@ -141,7 +141,7 @@ def l2l_step(model: nn.Module, batch: TaskBatch, cfg: Any) -> Callable[[], dict]
             last = step == cfg.bootstrap_steps - 1 and cfg.bootstrap_query_step
             adapt(frozen, qry if last else sup, task, graph=False, detach=True)
         with torch.no_grad():
-            return _logits(frozen, task, cfg.tau)
+            return _logits(frozen, task, cfg.temperature)
 
     def run() -> dict:
         model.zero_grad(set_to_none=True)
@@ -149,7 +149,13 @@ def l2l_step(model: nn.Module, batch: TaskBatch, cfg: Any) -> Callable[[], dict]
             learner = clone_module(model)
             for _ in range(cfg.inner_steps):
                 adapt(learner, sup, task, graph=not cfg.first_order, detach=False)
-            _finish(_logits(learner, task, cfg.tau), target(learner, task), task, cfg, len(batch))
+            _finish(
+                _logits(learner, task, cfg.temperature),
+                target(learner, task),
+                task,
+                cfg,
+                len(batch),
+            )
         return {n: p.grad for n, p in model.named_parameters()}
 
     assert names  # the model has parameters
@@ -178,13 +184,13 @@ def setup(args: Any, device: torch.device, dtype: torch.dtype = torch.float32):
 
     seed_everything(args.seed)
     cfg = BMSSLConfig(
-        dataset="digits", width=args.width, n_way=args.n_way, k_support=2, q_query=2,
+        dataset="digits", width=args.width, task_images=args.task_images, support_views=2, query_views=2,
         meta_batch=args.tasks, bootstrap_steps=1, seed=args.seed,
     )  # fmt: skip
     cfg.validate()
     data = load_split(cfg, "train")
     encoder = encoder_for(data, cfg).train()
-    sampler = TaskSampler(data, cfg.n_way, 2, 2, cfg.meta_batch, cfg.augment, args.seed)
+    sampler = TaskSampler(data, cfg.task_images, 2, 2, cfg.meta_batch, cfg.augment, args.seed)
     batch = sampler.sample(0)
     return cfg, encoder.to(device, dtype), batch.to(device, dtype)
 
@@ -251,7 +257,7 @@ def run(args: Any, device: torch.device) -> list[dict[str, Any]]:
             cfg = dataclasses.replace(base, inner_steps=steps, first_order=order == "first")
             row: dict[str, Any] = {"path": "meta step", "L": steps, "order": order}
             row["case"] = (
-                f"B={args.tasks} N={args.n_way} K=Q=2 conv4-{args.width} 28px, L={steps}, "
+                f"B={args.tasks} N={args.task_images} K=Q=2 conv4-{args.width} 28px, L={steps}, "
                 f"{order} order"
             )
             peers = available_peers(row)

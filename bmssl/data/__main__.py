@@ -11,7 +11,7 @@ import argparse
 from collections.abc import Sequence
 
 from bmssl.data import fetch as fetching
-from bmssl.data import sources_catalog
+from bmssl.data import fetch_catalog
 from bmssl.errors import UserError, check_positive, cli_entry
 
 
@@ -37,12 +37,12 @@ def _parser() -> argparse.ArgumentParser:
 def list_sources() -> str:
     """The ``--list`` text: each dataset, its file URLs and their pinned checksums."""
     lines = []
-    for name, source in sources_catalog.catalogue().items():
+    for name, source in fetch_catalog.catalogue().items():
         note = f"  ({source.note})" if source.note else ""
         lines.append(f"{name}{note}")
         for remote in source.files:
             lines.append(f"  {remote.url}  {remote.algorithm}:{remote.checksum.lower()}")
-    for name in sources_catalog.NOT_FETCHABLE:
+    for name in fetch_catalog.NOT_FETCHABLE:
         lines.append(f"{name}  (not fetchable: no public source with a stable checksum)")
     return "\n".join(lines)
 
@@ -57,8 +57,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if not args.name:
         raise UserError("name a dataset to fetch (python -m bmssl.data fetch --list shows them)")
-    if args.name in sources_catalog.NOT_FETCHABLE:
-        raise UserError(sources_catalog.NOT_FETCHABLE[args.name])
+    if args.name in fetch_catalog.NOT_FETCHABLE:
+        raise UserError(fetch_catalog.NOT_FETCHABLE[args.name])
     if not args.root:
         raise UserError(f"pass --root DIR: the folder to download {args.name!r} into")
     check_positive("--timeout", args.timeout)

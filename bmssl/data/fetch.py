@@ -1,4 +1,4 @@
-"""Download a dataset of :mod:`bmssl.data.sources_catalog` into a root the loaders read.
+"""Download a dataset of :mod:`bmssl.data.fetch_catalog` into a root the loaders read.
 
 The URLs and pinned checksums are torchvision's (read from its dataset classes at run time, see
 the catalogue); nothing here retypes them. Safety, step by step:
@@ -37,8 +37,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from bmssl.data import sources_catalog
-from bmssl.data.sources_catalog import NOT_FETCHABLE, Remote, Source
+from bmssl.data import fetch_catalog
+from bmssl.data.fetch_catalog import NOT_FETCHABLE, Remote, Source
 from bmssl.errors import UserError
 from bmssl.io import current_umask, ensure_writable_dir, write_json
 
@@ -272,7 +272,7 @@ def fetch(
     A complete root is left as it is; a file another dataset's marker already records (CIFAR-FS
     and CIFAR-100 share one tarball) and whose paths exist is not downloaded again.
     """
-    sources = sources_catalog.catalogue() if sources is None else sources
+    sources = fetch_catalog.catalogue() if sources is None else sources
     source = resolve(name, sources)
     root = ensure_writable_dir(Path(root).expanduser(), "--root")
     marker = marker_path(root, source.name)

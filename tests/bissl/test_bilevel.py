@@ -174,7 +174,7 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path: Path) -> None:
 def test_multilabel_downstream_set_uses_bce_and_map(monkeypatch) -> None:
     """A multi-label view of digits (label and label+1 mod 10 both positive)."""
     import bissl.stages as stages
-    from bissl.batches import downstream_split
+    from bissl.downstream import downstream_split
     from bmssl.data.base import ImageDataset
 
     class MultiLabel(ImageDataset):
@@ -317,7 +317,7 @@ def test_ddp_two_processes_apply_the_all_reduced_hypergradient(tmp_path: Path) -
 def test_low_label_train_split_is_seeded_and_smaller_than_a_batch() -> None:
     """labels_per_class keeps that many training images per class (seeded); a split smaller
     than the upper batch is used whole instead of failing."""
-    from bissl.batches import downstream_split
+    from bissl.downstream import downstream_split
 
     cfg = tiny({"labels_per_class": 2, "bilevel.batch_size": 32, "bilevel.alternations": 1})
     train = downstream_split(cfg, "train")

@@ -51,7 +51,7 @@ def _running(module: torch.nn.Module) -> list[torch.Tensor]:
 def test_lower_lars_scales_every_tensor_like_the_public_code() -> None:
     """First LARS step (momentum buffer = the scaled update): ||Δp|| = lr·η·||p|| for every
     tensor, BN affine and biases included, whatever the gradient's size."""
-    cfg = tiny({"bilevel.lower_lr": 0.7, "bilevel.lower_wd": 0.0})
+    cfg = tiny({"bilevel.lower_lr": 0.7, "bilevel.lower_weight_decay": 0.0})
     trainer = BiSSLTrainer.from_config(cfg, progress=False)
     assert cfg.bilevel.lars_exclude_1d is False
     before = [p.detach().clone() for p in trainer.encoder_p.parameters()]

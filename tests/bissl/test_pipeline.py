@@ -92,9 +92,9 @@ def test_finetune_is_seeded_takes_lr_wd_and_leaves_the_backbone(tmp_path: Path) 
     encoder, _ = stages.pretext_encoder(cfg, 2, None)
     data = stages.BiSSLData.load(cfg, test=False)
     before = [p.detach().clone() for p in encoder.backbone.parameters()]
-    a = finetune(encoder.backbone, cfg, data.train, data.val, lr=0.05, wd=0.0)
-    b = finetune(encoder.backbone, cfg, data.train, data.val, lr=0.05, wd=0.0)
-    assert a == b and a["lr"] == 0.05 and a["wd"] == 0.0
+    a = finetune(encoder.backbone, cfg, data.train, data.val, lr=0.05, weight_decay=0.0)
+    b = finetune(encoder.backbone, cfg, data.train, data.val, lr=0.05, weight_decay=0.0)
+    assert a == b and a["lr"] == 0.05 and a["weight_decay"] == 0.0
     assert "test_top1" not in a and a["val_acc"] == a["val_top1"]
     for p0, p in zip(before, encoder.backbone.parameters()):
         assert torch.equal(p0, p)

@@ -17,7 +17,7 @@ from bmssl.meta import BMSSLConfig
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ["dataset=digits", "width=4", "proj_hidden=8", "proj_dim=4", "eval_episodes=5"]
 EXTRA = {
-    "bmssl": ["n_way=4", "meta_batch=1", "steps=4", "eval_every=2", "log_every=1"],
+    "bmssl": ["task_images=4", "meta_batch=1", "steps=4", "eval_every=2", "log_every=1"],
     "simclr": ["batch_size=8", "steps=4", "eval_every=2", "log_every=1"],
     "protonet": ["n_way=3", "steps=4", "eval_every=2", "log_every=1"],
 }

@@ -2,7 +2,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from bmssl.config import config_to_yaml, load_config, options_help, parse_overrides
+from bmssl.config import config_to_yaml, load_config, parse_overrides
+from bmssl.config_help import options_help
 from bmssl.errors import UserError
 from bmssl.simclr import SimCLRConfig
 

@@ -35,7 +35,7 @@ from bmssl.simclr import SimCLRConfig, SimCLRTrainer
 NET = dict(width=8, proj_hidden=16, proj_dim=8, dataset="digits", device="cpu", eval_episodes=10)
 SIMCLR = SimCLRConfig(steps=3, eval_every=2, batch_size=16, **NET)  # type: ignore[arg-type]
 # meta_batch 3 over 2 processes: shares of 1 and 2 tasks, so the weighting is tested too
-BMSSL = BMSSLConfig(steps=2, eval_every=2, n_way=6, meta_batch=3, **NET)  # type: ignore[arg-type]
+BMSSL = BMSSLConfig(steps=2, eval_every=2, task_images=6, meta_batch=3, **NET)  # type: ignore[arg-type]
 pytestmark = pytest.mark.distributed
 
 

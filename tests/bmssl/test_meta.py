@@ -58,8 +58,8 @@ def _conv4(bn: str) -> Encoder:
 
 def _config(**kw) -> BMSSLConfig:
     base = dict(
-        n_way=N, k_support=K, q_query=Q, meta_batch=B, inner_steps=2, bootstrap_steps=2,
-        inner_lr=0.4, beta=0.5, tau=0.5,
+        task_images=N, support_views=K, query_views=Q, meta_batch=B, inner_steps=2, bootstrap_steps=2,
+        inner_lr=0.4, beta=0.5, temperature=0.5,
     )  # fmt: skip
     base.update(kw)
     return BMSSLConfig(**base)
@@ -107,10 +107,10 @@ def test_kl_is_zero_with_zero_gradient_when_target_equals_current():
     with open_inner_loop(model, "func", cfg.inner_lr) as inner:
         task = batch[0]
         current = task_meta_loss(inner, params, task, _config(bootstrap_steps=0))
-        theta_l = inner.descend(params, lambda p: support_loss(inner.embed(p, task.support), task, cfg.inner_loss, cfg.tau), cfg.inner_steps)  # fmt: skip
+        theta_l = inner.descend(params, lambda p: support_loss(inner.embed(p, task.support), task, cfg.inner_loss, cfg.temperature), cfg.inner_steps)  # fmt: skip
         same = prototype_logits(
             inner.embed(theta_l, task.support), task.support_labels,
-            inner.embed(theta_l, task.query), N, cfg.tau,
+            inner.embed(theta_l, task.query), N, cfg.temperature,
         )  # fmt: skip
         out = task_meta_loss(inner, params, task, cfg, target_logits=same)
     assert abs(out.kl.item()) < 1e-12 and abs(current.kl.item()) < 1e-12
@@ -177,11 +177,11 @@ def test_first_order_is_the_gradient_at_theta_l():
     total = {n: torch.zeros_like(p) for n, p in theta.items()}
     with open_inner_loop(model, "func", cfg.inner_lr) as inner:
         for b, task in enumerate(batch.tasks()):
-            loss = lambda p, task=task: support_loss(inner.embed(p, task.support), task, cfg.inner_loss, cfg.tau)  # noqa: E731 # fmt: skip
+            loss = lambda p, task=task: support_loss(inner.embed(p, task.support), task, cfg.inner_loss, cfg.temperature)  # noqa: E731 # fmt: skip
             theta_l = {n: p.requires_grad_() for n, p in inner.descend(theta, loss, 2).items()}
             logits = prototype_logits(
                 inner.embed(theta_l, task.support), task.support_labels,
-                inner.embed(theta_l, task.query), N, cfg.tau,
+                inner.embed(theta_l, task.query), N, cfg.temperature,
             )  # fmt: skip
             obj = kl_matching(targets[b], logits) + cfg.beta * F.cross_entropy(
                 logits, task.query_labels
@@ -213,11 +213,13 @@ def test_delta_zero_is_the_plain_query_loss_gradient(backend):
         for _ in range(cfg.inner_steps):
             z = embed(p, task.support)
             g = torch.autograd.grad(
-                loo_prototype_cross_entropy(z, N, cfg.tau), list(p.values()), create_graph=True
+                loo_prototype_cross_entropy(z, N, cfg.temperature),
+                list(p.values()),
+                create_graph=True,
             )
             p = {n: v - cfg.inner_lr * gi for (n, v), gi in zip(p.items(), g)}
         logits = prototype_logits(
-            embed(p, task.support), task.support_labels, embed(p, task.query), N, cfg.tau
+            embed(p, task.support), task.support_labels, embed(p, task.query), N, cfg.temperature
         )
         total = total + cfg.beta * F.cross_entropy(logits, task.query_labels) / B
     ref = dict(zip(leaves, torch.autograd.grad(total, list(leaves.values()))))
@@ -241,15 +243,15 @@ def test_bootstrap_changes_the_gradient():
     [
         ({"inner_lr": 0}, "inner_lr"),
         ({"outer_lr": -1e-3}, "outer_lr"),
-        ({"tau": 0}, "tau"),
+        ({"temperature": 0}, "temperature"),
         ({"backend": "jax"}, "backend"),
         ({"bn": "group"}, "bn"),
         ({"augment": "huge"}, "augment"),
-        ({"n_way": 1}, "n_way"),
+        ({"task_images": 1}, "task_images"),
         ({"bootstrap_steps": -1}, "bootstrap_steps"),
         ({"bootstrap_steps": 0, "beta": 0}, "beta"),
-        ({"k_support": 1}, "k_support"),
-        ({"inner_loss": "ntxent", "k_support": 3}, "k_support=2"),
+        ({"support_views": 1}, "support_views"),
+        ({"inner_loss": "ntxent", "support_views": 3}, "support_views=2"),
         ({"num_train_images": 3}, "num_train_images"),
         ({"task_chunk": -1}, "task_chunk"),
     ],
@@ -261,9 +263,11 @@ def test_config_rejects_bad_values(bad, match):
 
 def test_config_yaml_plus_overrides(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("n_way: 7\nbackend: higher\nbootstrap_steps: 3\n")
-    cfg = load_config(BMSSLConfig, path, ["bootstrap_steps=0", "first_order=true", "tau=0.1"])
-    assert (cfg.n_way, cfg.backend, cfg.bootstrap_steps, cfg.first_order, cfg.tau) == (
+    path.write_text("task_images: 7\nbackend: higher\nbootstrap_steps: 3\n")
+    cfg = load_config(
+        BMSSLConfig, path, ["bootstrap_steps=0", "first_order=true", "temperature=0.1"]
+    )
+    assert (cfg.task_images, cfg.backend, cfg.bootstrap_steps, cfg.first_order, cfg.temperature) == (
         7, "higher", 0, True, 0.1,
     )  # fmt: skip
     with pytest.raises(UserError, match="unknown BMSSLConfig option"):
@@ -285,8 +289,8 @@ def test_every_shipped_preset_of_every_method_loads():
 # -- trainer and CLI -------------------------------------------------------------------------------
 
 TINY = dict(
-    dataset="digits", image_size=16, width=4, proj_hidden=8, proj_dim=8, n_way=4, k_support=2,
-    q_query=1, meta_batch=2, eval_episodes=10, augment="weak",
+    dataset="digits", image_size=16, width=4, proj_hidden=8, proj_dim=8, task_images=4, support_views=2,
+    query_views=1, meta_batch=2, eval_episodes=10, augment="weak",
 )  # fmt: skip
 
 

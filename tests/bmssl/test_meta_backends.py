@@ -35,8 +35,8 @@ def _model(bn: str = "track") -> nn.Module:
 
 
 def _config(**kw) -> BMSSLConfig:
-    base = dict(n_way=N, k_support=K, q_query=Q, inner_steps=1, bootstrap_steps=1,
-                inner_lr=0.4, beta=0.5, tau=0.5)  # fmt: skip
+    base = dict(task_images=N, support_views=K, query_views=Q, inner_steps=1, bootstrap_steps=1,
+                inner_lr=0.4, beta=0.5, temperature=0.5)  # fmt: skip
     base.update(kw)
     return BMSSLConfig(**base)
 

@@ -16,7 +16,7 @@ def _dataset(n: int = 40, size: int = 16) -> TensorImageDataset:
 
 def test_reconstruct_layout_and_pseudo_labels():
     images = torch.rand(3, 5, 1, 16, 16)  # B=3 tasks of N=5 images
-    batch = reconstruct_tasks(images, SSLViews("none", 16, 1), k_support=2, q_query=3)
+    batch = reconstruct_tasks(images, SSLViews("none", 16, 1), support_views=2, query_views=3)
     assert batch.support.shape == (3, 10, 1, 16, 16)
     assert batch.query.shape == (3, 15, 1, 16, 16)
     assert batch.support_labels.tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
@@ -28,12 +28,12 @@ def test_reconstruct_layout_and_pseudo_labels():
         for row, label in enumerate(batch.query_labels.tolist()):
             torch.testing.assert_close(batch.query[b, row], images[b, label])
     task = batch[1]
-    assert task.support.shape == (10, 1, 16, 16) and task.n_way == 5
+    assert task.support.shape == (10, 1, 16, 16) and task.task_images == 5
 
 
 def test_augmented_views_differ_but_stay_images():
     images = torch.rand(1, 4, 1, 16, 16)
-    batch = reconstruct_tasks(images, SSLViews("strong", 16, 1), k_support=2, q_query=1)
+    batch = reconstruct_tasks(images, SSLViews("strong", 16, 1), support_views=2, query_views=1)
     assert not torch.equal(batch.support[0, 0], batch.support[0, 1])
     assert batch.support.min() >= 0 and batch.support.max() <= 1
 
@@ -68,9 +68,9 @@ def test_sampler_draws_distinct_images_per_task():
 
 
 def test_sampler_rejects_impossible_tasks():
-    with pytest.raises(UserError, match="n_way=50"):
+    with pytest.raises(UserError, match="task_images=50"):
         TaskSampler(_dataset(40), 50, 2, 1, meta_batch=1)
-    with pytest.raises(UserError, match="k_support"):
+    with pytest.raises(UserError, match="support_views"):
         TaskSampler(_dataset(40), 5, 0, 1, meta_batch=1)
 
 

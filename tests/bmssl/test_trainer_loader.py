@@ -49,7 +49,7 @@ def test_simclr_with_loader_workers_trains_exactly_as_without(tmp_path: Path) ->
 def test_bmssl_with_loader_workers_trains_exactly_as_without(tmp_path: Path) -> None:
     data = _tree(tmp_path / "tree")
     base = dict(
-        dataset=data, steps=2, eval_every=2, n_way=3, k_support=2, q_query=1, meta_batch=2,
+        dataset=data, steps=2, eval_every=2, task_images=3, support_views=2, query_views=1, meta_batch=2,
         device="cpu", **NET,
     )  # fmt: skip
     _same(

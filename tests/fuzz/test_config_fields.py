@@ -18,15 +18,15 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bmssl.config import iter_options
+from bmssl.config_help import iter_options
 from tests.fuzz.cli import assert_runs_or_exits_2, hostile_texts, run, yaml_values
 
 BMSSL_METHODS = ["random", "simclr", "protonet", "bmssl", "meta-ssl", "bmssl-fo"]
 #: tiny settings every run-level example starts from
 TINY = {
     "bmssl": [
-        "dataset=digits", "width=4", "proj_hidden=8", "proj_dim=4", "n_way=3", "k_support=2",
-        "q_query=1", "meta_batch=1", "steps=1", "eval_every=1", "eval_episodes=2", "device=cpu",
+        "dataset=digits", "width=4", "proj_hidden=8", "proj_dim=4", "task_images=3", "support_views=2",
+        "query_views=1", "meta_batch=1", "steps=1", "eval_every=1", "eval_episodes=2", "device=cpu",
     ],
     "simclr": [
         "dataset=digits", "width=4", "proj_hidden=8", "proj_dim=4", "batch_size=8", "steps=1",

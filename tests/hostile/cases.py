@@ -17,8 +17,8 @@ from tests.hostile.data import copy_run
 from tests.hostile.launcher import ROOT, Result
 
 # The review's tiny settings ($T, $S, $B) in today's option names.
-T = "steps=3 eval_every=3 eval_episodes=5 width=8 n_way=8 proj_hidden=16 proj_dim=8 device=cpu"
-S = "eval_episodes=5 width=8 n_way=8 proj_hidden=16 proj_dim=8 device=cpu"
+T = "steps=3 eval_every=3 eval_episodes=5 width=8 task_images=8 proj_hidden=16 proj_dim=8 device=cpu"
+S = "eval_episodes=5 width=8 task_images=8 proj_hidden=16 proj_dim=8 device=cpu"
 B = (
     "pretext.steps=2 pretext.batch_size=16 pretext.eval_episodes=5 warmup.steps=2 "
     "bilevel.alternations=2 bilevel.lower_steps=1 bilevel.upper_steps=1 finetune.steps=2 "

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bmssl.data import sources_catalog
-from bmssl.data.sources_catalog import Remote, Source
+from bmssl.data import fetch_catalog
+from bmssl.data.fetch_catalog import Remote, Source
 from reproduce.roots import download_missing
 from reproduce.smoke_data import build_omniglot, build_pretext, ensure_root
 from reproduce.smoke_downstream import build_cifar10
@@ -51,7 +51,7 @@ def tarred(folder: Path) -> bytes:
 
 def serve(monkeypatch: pytest.MonkeyPatch, *sources: Source) -> None:
     table = {s.name: s for s in sources}
-    monkeypatch.setattr(sources_catalog, "catalogue", lambda: table)
+    monkeypatch.setattr(fetch_catalog, "catalogue", lambda: table)
 
 
 def omniglot_source(server: Server, tmp_path: Path) -> Source:
@@ -136,7 +136,7 @@ def test_table1_download_refuses_miniimagenet_before_anything(
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert "--download cannot fetch 'miniimagenet'" in err
-    assert sources_catalog.NOT_FETCHABLE["miniimagenet"] in err  # how to obtain it
+    assert fetch_catalog.NOT_FETCHABLE["miniimagenet"] in err  # how to obtain it
     # Checked first: omniglot was not downloaded in vain, nothing trained or written.
     assert server.requests == [] and not out.exists() and not (tmp_path / "data").exists()
 

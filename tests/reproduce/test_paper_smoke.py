@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # What a smoke profile may change of a method's config: budgets, never a network, a data
 # layout, an image size or an algorithm setting.
 TABLE1_BUDGET = {
-    "steps", "eval_every", "eval_episodes", "log_every", "batch_size", "n_way", "n_query",
+    "steps", "eval_every", "eval_episodes", "log_every", "batch_size", "n_way", "task_images", "n_query",
     "meta_batch", "data_root",
 }  # fmt: skip
 BISSL_BUDGET = {

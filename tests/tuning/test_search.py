@@ -223,7 +223,10 @@ def test_bissl_searches_optimise_the_fine_tuned_accuracy(local_ray, tmp_path):
     )
     assert {r.status for r in finetune.records} == {"TERMINATED"}
     for r in finetune.records:
-        assert 1e-4 <= r.params["finetune.lr"] <= 1 and 1e-5 <= r.params["finetune.wd"] <= 1e-2
+        assert (
+            1e-4 <= r.params["finetune.lr"] <= 1
+            and 1e-5 <= r.params["finetune.weight_decay"] <= 1e-2
+        )
         assert r.step == 2 and r.val_acc is not None
     tuned = yaml.safe_load((finetune.experiment_dir / "report" / "best_config.yaml").read_text())
     assert tuned["finetune"]["lr"] == pytest.approx(finetune.best.params["finetune.lr"])

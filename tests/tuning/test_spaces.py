@@ -40,14 +40,14 @@ def test_finetune_space_bounds_and_method():
     with pytest.raises(UserError, match="applies to: bissl-finetune"):
         space.check_method(get_method("bissl"))
     axes = {a.name: a for a in space.axes(_base("bissl-finetune"))}
-    lr, wd = axes["finetune.lr"].distribution, axes["finetune.wd"].distribution
+    lr, wd = axes["finetune.lr"].distribution, axes["finetune.weight_decay"].distribution
     assert (lr.lower, lr.upper) == (1e-4, 1.0) and (wd.lower, wd.upper) == (1e-5, 1e-2)
 
 
 def test_ablation_spaces():
     from bmssl.data.views import STRENGTHS
 
-    base = _base("bmssl", dataset="digits", n_way=2, steps=80)
+    base = _base("bmssl", dataset="digits", task_images=2, steps=80)
     (aug,) = sp.get_space("augment-strength").axes(base)
     assert aug.grid == tuple(STRENGTHS)
     (images,) = sp.get_space("scaling-images").axes(base)

@@ -85,7 +85,7 @@ def test_missing_and_incomplete_roots_say_what_is_expected(tmp_path, roots) -> N
 def test_eurosat_pin_is_torchvisions() -> None:
     from torchvision.datasets import eurosat
 
-    from bmssl.data.sources_catalog import EUROSAT_MD5, EUROSAT_URL, catalogue
+    from bmssl.data.fetch_catalog import EUROSAT_MD5, EUROSAT_URL, catalogue
 
     source = inspect.getsource(eurosat)
     assert EUROSAT_MD5 in source and EUROSAT_URL in source.replace('"\n', "").replace(" ", "")

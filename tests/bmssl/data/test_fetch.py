@@ -17,9 +17,9 @@ import pytest
 from PIL import Image
 
 from bmssl.data import fetch as fetching
-from bmssl.data import get_dataset, sources_catalog
+from bmssl.data import fetch_catalog, get_dataset
 from bmssl.data.__main__ import main
-from bmssl.data.sources_catalog import Remote, Source
+from bmssl.data.fetch_catalog import Remote, Source
 
 
 class Server:
@@ -98,7 +98,7 @@ def png(value: int) -> bytes:
 def use(monkeypatch: pytest.MonkeyPatch, *sources: Source) -> None:
     """Make the CLI's catalogue hold exactly ``sources``."""
     table = {s.name: s for s in sources}
-    monkeypatch.setattr(sources_catalog, "catalogue", lambda: table)
+    monkeypatch.setattr(fetch_catalog, "catalogue", lambda: table)
 
 
 def toy(server: Server, checksum: str | None = None) -> Source:
@@ -206,7 +206,7 @@ def test_rerun_over_complete_root_makes_no_request(server, monkeypatch, tmp_path
 def test_list_prints_every_entry_with_checksum(capsys):
     assert main(["fetch", "--list"]) == 0
     out = capsys.readouterr().out
-    catalogue = sources_catalog.catalogue()
+    catalogue = fetch_catalog.catalogue()
     for name in ("omniglot", "cifarfs", "cifar10", "cifar100"):
         assert name in catalogue
     for name, source in catalogue.items():
@@ -234,7 +234,7 @@ def test_unknown_and_unfetchable_names(tmp_path, capsys):
 
 def test_omniglot_entry_lands_where_the_loader_reads(server, monkeypatch, tmp_path):
     """The real catalogue entry, its URLs pointed at the local server and checksums patched."""
-    real = sources_catalog.catalogue()["omniglot"]
+    real = fetch_catalog.catalogue()["omniglot"]
     files = []
     for remote in real.files:
         part = remote.filename[: -len(".zip")]
