@@ -109,6 +109,9 @@ ENVIRONMENT = (
 )  # fmt: skip
 #: untracked files larger than this enter the diff hash by size and time, not by content
 _UNTRACKED_LIMIT = 16 << 20
+#: untracked files that can change a result (code, configs); logs or outputs beside the checkout
+#: (``table1.out``, ``*.err``) leave the tree clean
+_CODE_SUFFIXES = (".py", ".yaml", ".yml", ".toml", ".cfg", ".ini", ".pth")
 
 
 def now_utc() -> str:
@@ -136,8 +139,8 @@ def _git(root: Path, *args: str) -> bytes | None:
 
 @functools.lru_cache(maxsize=4)
 def code_state(root: Path | None = None) -> dict[str, Any]:
-    """``commit``, ``dirty``, ``diff_sha256`` (tracked edits and untracked files; None when
-    clean), ``changed_files``, ``untracked_files`` and ``version`` of the harness. ``commit`` is
+    """``commit``, ``dirty``, ``diff_sha256`` (tracked edits and untracked code or config
+    files, :data:`_CODE_SUFFIXES`; None when clean), ``changed_files``, ``untracked_files`` and ``version`` of the harness. ``commit`` is
     None outside a git checkout of the harness (e.g. an installed copy). Computed once per
     process."""
     root = source_root() if root is None else root
@@ -161,9 +164,12 @@ def code_state(root: Path | None = None) -> dict[str, Any]:
     record["commit"] = commit.decode().strip() if commit else None
     if status is None or diff is None or untracked is None:
         return record
-    new_files = sorted(p for p in untracked.decode(errors="replace").split("\0") if p)
+    new_files = sorted(
+        p for p in untracked.decode(errors="replace").split("\0") if p.endswith(_CODE_SUFFIXES)
+    )
     entries = [e for e in status.decode(errors="replace").split("\0") if e]
     changed = [e for e in entries if not e.startswith("??")]
+    entries = changed + new_files
     record["dirty"] = bool(entries)
     record["changed_files"] = len(changed)
     record["untracked_files"] = len(new_files)

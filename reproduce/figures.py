@@ -254,10 +254,17 @@ def accuracy_per_target(
                 linestyle="none", capsize=3, markersize=6, **styles[method],
             )  # fmt: skip
         ax.set_xticks(x)
-        ax.set_xticklabels([f"{t}\n{n}w{k}s" for t, (n, k) in cells], fontsize=8)
+        ax.set_xticklabels([f"{_target_label(t)}\n{n}w{k}s" for t, (n, k) in cells], fontsize=8)
         ax.set_ylabel("accuracy (%)")
         ax.set_xlim(-0.6, len(cells) - 0.4)
         return _save(fig, path, note)
+
+
+def _target_label(target: str) -> str:
+    """A tick label that fits under one cell: ``imagefolder:data/stamps`` -> ``stamps``."""
+    if ":" in target:
+        target = Path(target.split(":", 1)[1]).name or target
+    return target if len(target) <= 14 else target[:13] + "…"
 
 
 def _cells_of(by_method: Mapping[str, Mapping[tuple[int, int], object]]) -> list[tuple[int, int]]:

@@ -71,6 +71,7 @@ def test_local_edits_and_untracked_files_change_the_diff_hash(tmp_path: Path) ->
     (tmp_path / "a.py").write_text("x = 1\n")
     git("add", "a.py")
     git("commit", "-qm", "one")
+    (tmp_path / "table1.out").write_text("a log beside the checkout\n")  # not code: still clean
     states = []
     for step in ("clean", "edited", "untracked"):
         if step == "edited":

@@ -74,3 +74,16 @@ def test_common_grid_shared_and_interpolated():
     # Only the range both cover (2..10), at the union of their points, linearly interpolated.
     assert x.tolist() == [2, 6, 10]
     assert acc[0].tolist() == [2, 6, 10] and acc[1].tolist() == pytest.approx([4, 8, 8 - 8 * 4 / 6])
+
+
+def test_accuracy_per_target_labels_fit_under_their_cells(tmp_path):
+    from reproduce.figures import _target_label, accuracy_per_target
+
+    assert _target_label("imagefolder:data/stamps") == "stamps"
+    assert _target_label("eurosat") == "eurosat"
+    assert len(_target_label("a-very-long-target-name")) == 14
+    summary = {
+        "imagefolder:data/stamps": {"A": {(5, 1): (30.0, 2.0)}},
+        "digits": {"A": {(5, 1): (60.0, None)}},
+    }
+    assert accuracy_per_target(summary, tmp_path / "t.png").is_file()
