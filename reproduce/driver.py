@@ -232,7 +232,10 @@ def cached(cache: CellCache, ref: CellRef) -> dict[str, Any]:
 
 
 def describe(job: Any) -> str:
-    """``row on column`` of a job's first cell, for the progress bar."""
+    """The job's own ``describe()``, else ``row on column`` of its first cell (progress bar)."""
+    own = getattr(job, "describe", None)
+    if callable(own):
+        return str(own())
     ref = job.refs[0]
     return f"{ref.row} on {ref.column.replace('__', ', ')}"
 

@@ -64,6 +64,10 @@ class FewShotJob:
     def group(self) -> str:
         return str(self.run_dir)  # one model: never trained by two workers at once
 
+    def describe(self) -> str:
+        """``method on dataset, seedN``: the model this job trains or reloads (the progress bar)."""
+        return f"{self.method} on {getattr(self.config, 'dataset', '?')}, seed{self.seed}"
+
 
 def check_row_method(name: str) -> None:
     """A few-shot table row must give a backbone: trained by a trainer, or untrained."""
