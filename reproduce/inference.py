@@ -56,18 +56,16 @@ def _finite_or_none(value: float | None) -> float | None:
     return float(value) if value is not None and math.isfinite(value) else None
 
 
-def seed_differences(
+def paired_episode_differences(
     a: Sequence[np.ndarray], b: Sequence[np.ndarray]
-) -> tuple[np.ndarray, np.ndarray, list[int]]:
-    """``(d, v, E)``: per-seed mean paired differences ``d_s = mean_i(a_s[i] − b_s[i])``, the
-    episode-noise variance of each, ``v_s = var_i(a_s[i] − b_s[i]) / E_s`` (``ddof=1``; NaN when
-    ``E_s = 1``), and the episode counts ``E_s``. Seeds may differ in episode count; within a
-    seed both rows must share the episodes. Raises ``ValueError`` if they do not pair up."""
+) -> list[np.ndarray]:
+    """``[a_s − b_s]`` per seed (float64, flat), after checking that the rows pair up: the same
+    seeds, and within a seed the same non-zero number of episodes. Raises ``ValueError``."""
     if len(a) != len(b):
         raise ValueError(f"paired rows need the same seeds: {len(a)} vs {len(b)}")
     if len(a) == 0:
         raise ValueError("a paired comparison needs at least one seed")
-    means, noise, counts = [], [], []
+    diffs = []
     for s, (xa, xb) in enumerate(zip(a, b)):
         xa = np.asarray(xa, dtype=np.float64).ravel()
         xb = np.asarray(xb, dtype=np.float64).ravel()
@@ -75,9 +73,21 @@ def seed_differences(
             raise ValueError(
                 f"seed {s}: {xa.size} vs {xb.size} episodes; paired rows must share the episodes"
             )
-        diff = xa - xb
-        if diff.size == 0:
+        if xa.size == 0:
             raise ValueError(f"seed {s} has no episodes")
+        diffs.append(xa - xb)
+    return diffs
+
+
+def seed_differences(
+    a: Sequence[np.ndarray], b: Sequence[np.ndarray]
+) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """``(d, v, E)``: per-seed mean paired differences ``d_s = mean_i(a_s[i] − b_s[i])``, the
+    episode-noise variance of each, ``v_s = var_i(a_s[i] − b_s[i]) / E_s`` (``ddof=1``; NaN when
+    ``E_s = 1``), and the episode counts ``E_s``. Seeds may differ in episode count; within a
+    seed both rows must share the episodes. Raises ``ValueError`` if they do not pair up."""
+    means, noise, counts = [], [], []
+    for s, diff in enumerate(paired_episode_differences(a, b)):
         if not np.all(np.isfinite(diff)):
             raise ValueError(f"seed {s} has a non-finite accuracy")
         means.append(diff.mean())

@@ -34,6 +34,7 @@ from reproduce.inference import (  # noqa: F401  (re-exported: the tables import
     beats_all,
     compare_rows,
     comparisons_json,
+    paired_episode_differences,
     paired_t_pvalues,
     paired_t_test,
     pooled_paired_t,
@@ -124,21 +125,7 @@ def summarise_cell(per_seed: Sequence[np.ndarray]) -> dict[str, Any]:
 
 def _paired_matrix(a: Sequence[np.ndarray], b: Sequence[np.ndarray]) -> np.ndarray:
     """``D[s, i] = a_s[i] − b_s[i]`` as a ``seeds × episodes`` array, after checking the pairing."""
-    if len(a) != len(b):
-        raise ValueError(f"paired rows need the same seeds: {len(a)} vs {len(b)}")
-    if len(a) == 0:
-        raise ValueError("paired_difference needs at least one seed")
-    rows = []
-    for s, (xa, xb) in enumerate(zip(a, b)):
-        xa = np.asarray(xa, dtype=np.float64).ravel()
-        xb = np.asarray(xb, dtype=np.float64).ravel()
-        if xa.size != xb.size:
-            raise ValueError(
-                f"seed {s}: {xa.size} vs {xb.size} episodes; paired rows must share the episodes"
-            )
-        if xa.size == 0:
-            raise ValueError(f"seed {s} has no episodes")
-        rows.append(xa - xb)
+    rows = paired_episode_differences(a, b)
     if len({r.size for r in rows}) != 1:
         raise ValueError(
             "every seed must have the same episode count, got " + str([r.size for r in rows])
